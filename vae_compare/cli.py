@@ -1,0 +1,199 @@
+"""The `vae-compare` command: a small dispatcher in front of the Hydra app.
+
+    vae-compare train [hydra overrides]          train one run, or a sweep with -m
+    vae-compare evaluate RUN_FOLDER [overrides]  re-evaluate a finished run (e.g. eval.iwae_samples=5000)
+    vae-compare report FOLDER                    summarize every run below FOLDER
+
+Hydra owns sys.argv, so the subcommand word is removed before Hydra sees the arguments. Every
+override is composed and checked before any job starts, so bad input is one line, not a traceback.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from rich import get_console
+
+from vae_compare import UserError
+from vae_compare.config import validate
+
+USAGE = __doc__.split("\n\n")[1] + """
+
+Examples:
+  vae-compare train family=cholesky latent_dim=16
+  vae-compare train -m family=diag,cholesky,lowrank latent_dim=2,8,32
+  vae-compare train experiment=quick family=lowrank family.rank=2
+  vae-compare train resume=outputs/runs/<run>
+  vae-compare train --help                    config groups and every option
+"""
+FAILED_FILE = "failed.txt"
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_FAILED_JOBS = 2, 3, 1
+
+
+def fail(message, code=EXIT_USER_ERROR):
+    print(f"vae-compare: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ---- checking overrides before Hydra runs anything ----------------------------------------------
+def hydra_error_line(error):
+    """One line from a Hydra/OmegaConf composition error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[0] if lines else type(error).__name__
+    options = getattr(error, "options", None)
+    if options:
+        message += f"; available: {', '.join(options)}"
+    elif "not in struct" in str(error) or "Key '" in str(error):
+        message += " " + next((line for line in lines[1:] if line.startswith("Key")), "")
+    return message.strip()
+
+
+def job_overrides(overrides, multirun):
+    """The override list of every job the command would run."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not multirun:
+        return [overrides]
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    with initialize_config_module(config_module="vae_compare.conf", version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def check_overrides(overrides, multirun):
+    try:
+        jobs = job_overrides(overrides, multirun)
+        configs = [(job, compose(job)) for job in jobs]
+    except Exception as error:  # Hydra raises several exception types for bad overrides
+        fail(hydra_error_line(error))
+    for job, cfg in configs:
+        try:
+            validate(cfg)
+        except UserError as error:
+            fail(f"{error}" + (f" (job: {' '.join(job)})" if multirun and len(jobs) > 1 else ""))
+
+
+def resume_overrides(overrides):
+    """`resume=FOLDER`: rerun with that run's own overrides, in that folder."""
+    value = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
+    if value in (None, "null"):
+        return overrides
+    folder = Path(value).expanduser().resolve()
+    if not folder.is_dir():
+        fail(f"resume={value}: no such run folder")
+    from vae_compare.train import CHECKPOINT
+
+    if not (folder / CHECKPOINT).exists():
+        fail(f"resume={value}: the folder holds no {CHECKPOINT}; nothing to resume")
+    saved = OmegaConf.load(folder / ".hydra" / "overrides.yaml") if (folder / ".hydra" / "overrides.yaml").exists() else []
+    kept = [o for o in saved if not o.startswith(("resume=", "hydra.run.dir="))]
+    new = [o for o in overrides if not o.startswith("resume=")]
+    return kept + new + [f"resume={folder}", f"hydra.run.dir={folder}"]
+
+
+# ---- the Hydra app -------------------------------------------------------------------------------
+def torch_threads(cfg):
+    """train.threads, or under the joblib launcher cores / parallel jobs, so jobs do not oversubscribe."""
+    if cfg.train.threads is not None:
+        return cfg.train.threads
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    cores = os.cpu_count() or 1
+    jobs = launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs
+    return max(1, cores // max(1, jobs))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def hydra_train(cfg: DictConfig):
+    from vae_compare.train import Diverged, Interrupted, train
+
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    overrides = " ".join(hydra_cfg.overrides.task)
+    (folder / FAILED_FILE).unlink(missing_ok=True)
+    try:
+        validate(cfg)
+        threads = torch_threads(cfg)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        train(cfg, folder, get_console())
+    except Interrupted as interrupt:
+        print(f"vae-compare: interrupted; checkpoint saved. Resume with: vae-compare train resume={folder}",
+              file=sys.stderr)
+        sys.exit(128 + interrupt.signum)
+    except (UserError, Diverged) as error:
+        code = EXIT_DIVERGED if isinstance(error, Diverged) else EXIT_USER_ERROR
+        if not multirun:
+            fail(str(error), code)
+        # a failing job must not stop the sweep: record it, the sweep callback reports it at the end
+        message = f"job [{overrides}] failed: {error}"
+        get_console().print(f"[red]vae-compare: {message}[/red]")
+        try:
+            (folder / FAILED_FILE).write_text(message + "\n")
+        except OSError:
+            pass
+
+
+def train_command(args):
+    wants_help = any(a in ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--cfg") for a in args)
+    multirun = "-m" in args or "--multirun" in args
+    overrides = [a for a in args if not a.startswith("-")]
+    if not wants_help:
+        overrides = resume_overrides(overrides)
+        check_overrides(overrides, multirun)
+        args = [a for a in args if a.startswith("-")] + overrides
+    sys.argv = ["vae-compare train", *args]
+    from vae_compare import sweep
+
+    hydra_train()
+    if sweep.FAILED_JOBS:
+        fail(f"{len(sweep.FAILED_JOBS)} job(s) failed: " + "; ".join(sweep.FAILED_JOBS), EXIT_FAILED_JOBS)
+
+
+def evaluate_command(args):
+    from vae_compare.train import evaluate_run
+
+    if not args or args[0].startswith("-"):
+        fail("usage: vae-compare evaluate RUN_FOLDER [eval.iwae_samples=N eval.chunk_size=N device=cpu|cuda]")
+    evaluate_run(Path(args[0]), args[1:], get_console())
+
+
+def report_command(args):
+    from vae_compare.report import main as report_main
+
+    report_main(args)
+
+
+COMMANDS = {"train": train_command, "evaluate": evaluate_command, "report": report_command}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        fail(f"unknown command {argv[0]!r}; use one of: {', '.join(COMMANDS)} (vae-compare --help)")
+    try:
+        command(argv[1:])
+    except UserError as error:
+        fail(str(error))
+
+
+if __name__ == "__main__":
+    main()

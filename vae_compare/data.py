@@ -1,0 +1,181 @@
+"""MNIST and Fashion-MNIST as tensors on the training device, batched by a shuffled index.
+
+The four standard idx files (.gz or plain) are looked for, in order: `data.root`; the folder in
+$VAE_COMPARE_DATA; Debian's /usr/share/datasets/fashion-mnist (Fashion-MNIST only); otherwise
+torchvision downloads them into a cache folder (under a file lock, so parallel jobs download once).
+"""
+
+import contextlib
+import fcntl
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vae_compare import UserError
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+EXPECTED_COUNT = {"train": 60000, "test": 10000}
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+DEBIAN_FOLDERS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vae-compare"
+DATA_ENV = "VAE_COMPARE_DATA"
+
+
+def find_file(folder: Path, stem: str):
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def has_all_files(folder: Path) -> bool:
+    return all(find_file(folder, stem) for stem in FILES.values())
+
+
+def read_idx(path: Path, magic: int, count: int) -> np.ndarray:
+    """Read one idx file, checking its magic number, item count, shape and length."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise UserError(f"cannot read data file {path}: {error}") from None
+    found_magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if found_magic != magic:
+        raise UserError(f"{path} is not an idx file of the expected kind (magic {found_magic}, expected {magic})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected_shape = (count, 28, 28) if magic == IMAGE_MAGIC else (count,)
+    if shape != expected_shape:
+        raise UserError(f"{path} has shape {shape}, expected {expected_shape}")
+    if len(raw) != header + int(np.prod(shape)):
+        raise UserError(f"{path} is truncated or has trailing bytes ({len(raw)} bytes, expected {header + int(np.prod(shape))})")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def download(name: str) -> Path:
+    """Fetch the files with torchvision into the cache, once even when several jobs ask at the same time."""
+    import torchvision
+
+    dataset_class = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{name}.lock", "w") as lock, contextlib.redirect_stdout(None):
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for train in (True, False):
+                dataset_class(str(CACHE), train=train, download=True)
+        except Exception as error:  # torchvision raises a RuntimeError or URLError when offline
+            raise UserError(f"no {name} files found locally and the download failed ({type(error).__name__}); "
+                            f"point data.root=<folder> or ${DATA_ENV} at a folder with the four idx files") from None
+    return CACHE / dataset_class.__name__ / "raw"
+
+
+def locate(name: str, root) -> Path:
+    """The folder holding the dataset's four idx files, by the search order in this module's docstring."""
+    if root is not None:
+        folder = Path(root).expanduser().resolve()
+        if not has_all_files(folder):
+            missing = [stem for stem in FILES.values() if not find_file(folder, stem)]
+            raise UserError(f"data.root={folder} lacks {', '.join(missing)} (.gz or plain)")
+        return folder
+    candidates = []
+    if os.environ.get(DATA_ENV):
+        env_folder = Path(os.environ[DATA_ENV]).expanduser().resolve()
+        # the variable may name the dataset folder itself or a folder holding mnist/ and fashion-mnist/
+        candidates += [env_folder, env_folder / name.replace("_", "-"), env_folder / name]
+    if name in DEBIAN_FOLDERS:
+        candidates.append(DEBIAN_FOLDERS[name])
+    for folder in candidates:
+        if has_all_files(folder):
+            return folder
+    return download(name)
+
+
+def load_arrays(name: str, root):
+    folder = locate(name, root)
+    images = {split: read_idx(find_file(folder, FILES[f"{split}_images"]), IMAGE_MAGIC, EXPECTED_COUNT[split])
+              for split in ("train", "test")}
+    return folder, images
+
+
+class Split:
+    """One split held as float pixels in [0, 1] on the device, optionally binarized once."""
+
+    def __init__(self, pixels: torch.Tensor):
+        self.pixels = pixels
+
+    def __len__(self):
+        return self.pixels.shape[0]
+
+    def batches(self, batch_size):
+        for start in range(0, len(self), batch_size):
+            yield self.pixels[start:start + batch_size]
+
+
+class TrainingData:
+    """Training images with shuffling and (dynamic) binarization on the device.
+
+    Each epoch's shuffle and binarization draws come from a generator seeded by (seed, epoch), so a run
+    resumed at any epoch sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, pixels, binarize, seed):
+        self.pixels, self.binarize, self.seed = pixels, binarize, seed
+        if binarize == "static":
+            self.pixels = torch.bernoulli(pixels, generator=self.generator(-1))
+
+    def __len__(self):
+        return self.pixels.shape[0]
+
+    def generator(self, epoch):
+        generator = torch.Generator(self.pixels.device)
+        generator.manual_seed(self.seed * 1_000_003 + epoch + 1)
+        return generator
+
+    def steps_per_epoch(self, batch_size):
+        return (len(self) + batch_size - 1) // batch_size
+
+    def epoch_batches(self, epoch, batch_size, start_step=0, generator_state=None):
+        """Yield (step, batch, generator) for one epoch; start mid-epoch from a saved generator state."""
+        generator = self.generator(epoch)
+        order = torch.randperm(len(self), generator=generator, device=self.pixels.device)
+        if generator_state is not None:
+            generator.set_state(generator_state)
+        for step in range(start_step, self.steps_per_epoch(batch_size)):
+            batch = self.pixels[order[step * batch_size:(step + 1) * batch_size]]
+            if self.binarize == "dynamic":
+                batch = torch.bernoulli(batch, generator=generator)
+            yield step, batch, generator
+
+
+def load(cfg, seed, device):
+    """Build (data folder, training data, validation split, test split) on the device."""
+    folder, images = load_arrays(cfg.name, cfg.root)
+    train_images = torch.from_numpy(images["train"].copy()).to(device).flatten(1).float().div_(255)
+    test_images = torch.from_numpy(images["test"].copy()).to(device).flatten(1).float().div_(255)
+    if cfg.val_size >= len(train_images):
+        raise UserError(f"data.val_size={cfg.val_size} leaves no training images (the training set has {len(train_images)})")
+    train_part, val_part = train_images[:-cfg.val_size], train_images[-cfg.val_size:]
+    if cfg.train_size is not None:
+        train_part = train_part[:cfg.train_size]
+    if cfg.test_size is not None:
+        test_images = test_images[:cfg.test_size]
+
+    def evaluation_split(pixels, offset):
+        # one fixed draw shared by every run, so all runs are scored on the same binary images
+        if cfg.binarize == "none":
+            return Split(pixels)
+        generator = torch.Generator(device)
+        generator.manual_seed(cfg.eval_binarize_seed + offset)
+        return Split(torch.bernoulli(pixels, generator=generator))
+
+    return folder, TrainingData(train_part, cfg.binarize, seed), evaluation_split(val_part, 0), evaluation_split(test_images, 1)

@@ -1,0 +1,175 @@
+"""Evaluation of a trained VAE: ELBO terms, importance-sampled log p(x), active units, posterior diagnostics."""
+
+import math
+import time
+
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from vae_compare.posteriors import LOG_2PI
+
+
+@torch.no_grad()
+def elbo_terms(model, split, batch_size=1000):
+    """Mean per-image ELBO, KL and reconstruction term (-log p(x|z), one sample) over a split, in nats.
+
+    Sums stay on the device; one host sync at the end.
+    """
+    sums = torch.zeros(2, device=split.pixels.device)
+    for batch in split.batches(batch_size):
+        recon, kl = model(batch)
+        sums += torch.stack((recon.sum(), kl.sum()))
+    recon, kl = (sums / len(split)).tolist()
+    return {"elbo": -(recon + kl), "kl": kl, "recon": recon}
+
+
+# Floats in the decoder's widest activation per call when chunk_size is None: 2^24 float32 values are
+# 64 MiB per tensor, and a decoder call holds a few tensors of that size (logits, the loss terms).
+DECODER_ELEMENT_BUDGET = 2 ** 24
+IWAE_BATCH_SIZE = 100
+# eigvalsh on every test image would cost more than the rest of the evaluation; the median over a
+# fixed leading subset of this many images is a stable summary.
+CONDITION_NUMBER_IMAGES = 2000
+
+
+def standard_normal_log_prob(z):
+    """log N(z; 0, I) summed over the last dimension."""
+    return -0.5 * z.square().sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
+
+
+def default_chunk_size(model, batch_size):
+    """Samples per decoder call so that (samples x images x widest decoder layer) stays near the budget."""
+    widest = max(layer.out_features for layer in model.decoder if isinstance(layer, nn.Linear))
+    return max(1, DECODER_ELEMENT_BUDGET // (batch_size * widest))
+
+
+def progress_bar(show):
+    """A rich progress bar, or a stand-in with the same two calls when no bar is wanted."""
+    if show:
+        return Progress(transient=False)
+    return _NoProgress()
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def add_task(self, *args, **kwargs):
+        return None
+
+    def advance(self, *args, **kwargs):
+        pass
+
+
+@torch.no_grad()
+def iwae_log_px(model, split, num_samples, chunk_size=None, batch_size=None, show_progress=False):
+    """Per-image importance-sampled estimate of log p(x) in nats (Burda et al. 2016), shape (N,).
+
+    log p(x) ~ log (1/k) sum_s p(x|z_s) p(z_s) / q(z_s|x), with z_s ~ q(z|x). The k samples are drawn
+    chunk_size at a time and folded into a running logsumexp, so memory does not grow with k.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    batch_size = batch_size or IWAE_BATCH_SIZE
+    chunk_size = chunk_size or default_chunk_size(model, batch_size)
+    estimates = []
+    with progress_bar(show_progress) as progress:
+        task = progress.add_task(f"log p(x), k={num_samples}", total=len(split))
+        for x in split.batches(batch_size):
+            q = model.posterior(x)
+            # -inf is logsumexp's identity, so the first chunk needs no special case
+            log_sum_w = torch.full((x.shape[0],), -math.inf, dtype=q.mean.dtype, device=x.device)
+            for start in range(0, num_samples, chunk_size):
+                z, log_q = q.rsample(min(chunk_size, num_samples - start))
+                log_w = model.log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
+                log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
+            estimates.append(log_sum_w - math.log(num_samples))
+            progress.advance(task, x.shape[0])
+    return torch.cat(estimates)
+
+
+def summarize_log_px(values):
+    """(mean, standard error of the mean) of per-image log p(x) estimates, as Python floats."""
+    values = values.double()
+    count = values.numel()
+    # the sample standard deviation (N - 1) is undefined for one image; report no spread then
+    stderr = values.std() / math.sqrt(count) if count > 1 else values.new_zeros(())
+    return values.mean().item(), stderr.item()
+
+
+@torch.no_grad()
+def active_units(model, split, threshold=0.01, batch_size=1000):
+    """Latent dimensions whose posterior mean varies over the data: Var_x(E_q[z_i]) > threshold (Burda et al. 2016)."""
+    means = torch.cat([model.posterior(x).mean for x in split.batches(batch_size)])
+    # float64 and the population variance, as in Burda et al.; the count is one host sync
+    return int((means.double().var(0, correction=0) > threshold).sum().item())
+
+
+@torch.no_grad()
+def posterior_diagnostics(model, split, batch_size=1000):
+    """How far q's covariance is from diagonal, averaged over a split.
+
+    offdiag_corr: mean over images of the mean |correlation| between distinct latent dimensions.
+    logdet_gap: mean over images of 1/2 (sum_i log Sigma_ii - log det Sigma) >= 0 (Hadamard's inequality),
+        the mutual information between the coordinates of q; 0 for a diagonal covariance.
+    condition_number: median over (at most CONDITION_NUMBER_IMAGES) images of max/min eigenvalue of Sigma.
+    """
+    device = split.pixels.device
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    condition_numbers = []
+    seen = 0
+    for x in split.batches(batch_size):
+        q = model.posterior(x)
+        covariance = q.covariance().double()
+        d = covariance.shape[-1]
+        if d > 1:
+            std = covariance.diagonal(dim1=-2, dim2=-1).sqrt()
+            correlation = covariance / (std.unsqueeze(-1) * std.unsqueeze(-2))
+            off_diagonal = ~torch.eye(d, dtype=torch.bool, device=device)
+            offdiag_corr = correlation.abs()[:, off_diagonal].mean(-1)
+        else:
+            offdiag_corr = covariance.new_zeros(x.shape[0])
+        # q's own log-det (closed form per family) rather than a d x d factorisation here
+        logdet_gap = 0.5 * (q.variances().double().log().sum(-1) - q.log_det_cov().double())
+        sums += torch.stack((offdiag_corr.sum(), logdet_gap.sum()))
+        if seen < CONDITION_NUMBER_IMAGES:
+            eigenvalues = torch.linalg.eigvalsh(covariance[:CONDITION_NUMBER_IMAGES - seen])
+            smallest, largest = eigenvalues[:, 0], eigenvalues[:, -1]
+            # a numerically singular covariance has no finite condition number
+            condition_numbers.append(torch.where(smallest > 0, largest / smallest, math.inf))
+        seen += x.shape[0]
+    offdiag_corr, logdet_gap = (sums / len(split)).tolist()
+    return {"offdiag_corr": offdiag_corr, "logdet_gap": logdet_gap,
+            "condition_number": torch.cat(condition_numbers).median().item()}
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def final_metrics(model, split, eval_cfg, batch_size=1000, show_progress=False):
+    """All test-set numbers of a finished run, as a flat dict of Python floats and ints.
+
+    batch_size applies to the single-pass evaluations; the IWAE pass picks its own image batch so that
+    eval_cfg.chunk_size keeps meaning "samples per decoder call per IWAE_BATCH_SIZE images".
+    """
+    metrics = elbo_terms(model, split, batch_size)
+    device = split.pixels.device
+    # sync first so queued work from before is not billed to the IWAE pass
+    synchronize(device)
+    start = time.perf_counter()
+    log_px = iwae_log_px(model, split, eval_cfg.iwae_samples, chunk_size=eval_cfg.chunk_size,
+                         show_progress=show_progress)
+    synchronize(device)
+    iwae_seconds = time.perf_counter() - start
+    metrics["log_px"], metrics["log_px_stderr"] = summarize_log_px(log_px)
+    metrics["iwae_samples"] = int(eval_cfg.iwae_samples)
+    metrics["iwae_seconds"] = iwae_seconds
+    metrics["active_units"] = active_units(model, split, eval_cfg.active_threshold, batch_size)
+    metrics.update(posterior_diagnostics(model, split, batch_size))
+    return metrics

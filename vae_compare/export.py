@@ -1,0 +1,125 @@
+"""Result files of a run: atomic writes, metrics.csv, params.csv, summary.json, TensorBoard.
+
+Every file is written whole to a temporary name, fsynced and renamed, so a kill at any instant leaves
+either the previous version or the new one, never half of one.
+"""
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vae_compare import UserError
+
+METRICS_FILE, PARAMS_FILE, SUMMARY_FILE = "metrics.csv", "params.csv", "summary.json"
+UMASK = os.umask(0)
+os.umask(UMASK)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; result files get the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def csv_text(rows) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_csv(path: Path, rows) -> None:
+    atomic_write(path, csv_text(rows).encode())
+
+
+def read_csv(path: Path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def check_writable(folder: Path) -> None:
+    """Fail early, in one line, when the run folder cannot take files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"output folder {folder} is not writable: {error.strerror or error}") from None
+
+
+def params_row(cfg, model, hidden):
+    """The parameter-count table row of one run."""
+    from vae_compare.posteriors import FAMILIES
+
+    encoder = sum(p.numel() for p in model.encoder.parameters() if p.requires_grad)
+    decoder = sum(p.numel() for p in model.decoder.parameters() if p.requires_grad)
+    return {
+        "family": cfg.family.name,
+        "latent_dim": cfg.latent_dim,
+        "rank": cfg.family.rank,
+        "hidden": "-".join(str(h) for h in hidden),
+        "head_outputs": model.head_size,
+        "head_formula": FAMILIES[cfg.family.name].head_formula(cfg.latent_dim, cfg.family.rank),
+        "encoder_params": encoder,
+        "decoder_params": decoder,
+        "total_params": encoder + decoder,
+    }
+
+
+class TensorBoard:
+    """One SummaryWriter per run folder; hparams go into the same event files as the curves."""
+
+    def __init__(self, folder: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def scalars(self, metrics: dict, step: int, prefix: str) -> None:
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"{prefix}/{name}", value, step)
+
+    def images(self, tag: str, images: torch.Tensor, step: int) -> None:
+        from torchvision.utils import make_grid
+
+        grid = make_grid(images.reshape(-1, 1, 28, 28).float().cpu(), nrow=8, padding=1)
+        self.writer.add_image(tag, grid, step)
+
+    def hparams(self, hparams: dict, metrics: dict) -> None:
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        experiment, session_start, session_end = hparams_summary(hparams, metrics)
+        for summary in (experiment, session_start, session_end):
+            self.writer.file_writer.add_summary(summary)
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()

@@ -1,0 +1,176 @@
+"""Gaussian posterior families q(z|x), each a small class with one interface.
+
+The encoder head of every family is laid out as [mean (d) | diagonal scale (d) | off-diagonal part],
+so the three families differ only in the off-diagonal part:
+
+    diag      nothing                           2d outputs
+    cholesky  strictly-lower entries of L       d + d(d+1)/2 outputs
+    lowrank   the d x k factor V                d(k+2) outputs
+
+Every family gives, per image: rsample with log q(z) computed from the reparameterisation noise,
+the closed-form KL to the standard-normal prior, log q(z) of any z, and its covariance matrix.
+Nothing here inverts or solves a d x d matrix.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def positive_scale(raw, transform, floor):
+    """Standard deviations from raw head outputs: exp(raw / 2) (raw is a log-variance) or softplus + floor."""
+    if transform == "exp":
+        return torch.exp(0.5 * raw) + floor
+    return F.softplus(raw) + floor
+
+
+class DiagGaussian:
+    """N(mean, diag(scale^2))."""
+
+    name = "diag"
+
+    @staticmethod
+    def offdiag_size(latent_dim, rank):
+        return 0
+
+    @staticmethod
+    def head_formula(latent_dim, rank):
+        return 2 * latent_dim
+
+    def __init__(self, mean, scale, offdiag=None):
+        self.mean, self.scale = mean, scale
+        self.latent_dim = mean.shape[-1]
+
+    def log_det_cov(self):
+        return 2 * self.scale.log().sum(-1)
+
+    def variances(self):
+        return self.scale.square()
+
+    def noise_to_z(self, eps):
+        """eps (S, B, d) -> z (S, B, d)."""
+        return self.mean + self.scale * eps
+
+    def rsample(self, num_samples):
+        """z of shape (S, B, d) and log q(z) of shape (S, B), from the noise that made z."""
+        eps = torch.randn((num_samples,) + self.mean.shape, dtype=self.mean.dtype, device=self.mean.device)
+        z = self.noise_to_z(eps)
+        log_q = -0.5 * eps.square().sum(-1) - 0.5 * self.log_det_cov() - 0.5 * self.latent_dim * LOG_2PI
+        return z, log_q
+
+    def log_prob(self, z):
+        """log q(z) for z of shape (S, B, d) -> (S, B)."""
+        whitened = (z - self.mean) / self.scale
+        return -0.5 * whitened.square().sum(-1) - 0.5 * self.log_det_cov() - 0.5 * self.latent_dim * LOG_2PI
+
+    def kl_to_standard_normal(self):
+        return 0.5 * (self.variances().sum(-1) + self.mean.square().sum(-1) - self.latent_dim - self.log_det_cov())
+
+    def covariance(self):
+        return torch.diag_embed(self.variances())
+
+
+class CholeskyGaussian(DiagGaussian):
+    """N(mean, L L^T) with L lower-triangular, diagonal `scale`, strictly-lower entries `offdiag`."""
+
+    name = "cholesky"
+
+    @staticmethod
+    def offdiag_size(latent_dim, rank):
+        return latent_dim * (latent_dim - 1) // 2
+
+    @staticmethod
+    def head_formula(latent_dim, rank):
+        return latent_dim + latent_dim * (latent_dim + 1) // 2
+
+    def __init__(self, mean, scale, offdiag):
+        super().__init__(mean, scale)
+        self.offdiag = offdiag
+        d = self.latent_dim
+        rows, cols = torch.tril_indices(d, d, offset=-1, device=mean.device)
+        strictly_lower = mean.new_zeros(mean.shape + (d,))
+        strictly_lower[..., rows, cols] = offdiag
+        self.scale_tril = strictly_lower + torch.diag_embed(scale)
+
+    def variances(self):
+        return self.scale_tril.square().sum(-1)
+
+    def noise_to_z(self, eps):
+        return self.mean + torch.einsum("bij,sbj->sbi", self.scale_tril, eps)
+
+    def log_prob(self, z):
+        diff = (z - self.mean).movedim(0, -1)  # (B, d, S): one triangular solve per image for all samples
+        whitened = torch.linalg.solve_triangular(self.scale_tril, diff, upper=False).movedim(-1, 0)
+        return -0.5 * whitened.square().sum(-1) - 0.5 * self.log_det_cov() - 0.5 * self.latent_dim * LOG_2PI
+
+    def kl_to_standard_normal(self):
+        # ||L||_F^2 = tr(Sigma); log det Sigma = 2 sum log L_ii.
+        trace = self.scale.square().sum(-1) + self.offdiag.square().sum(-1)
+        return 0.5 * (trace + self.mean.square().sum(-1) - self.latent_dim) - self.scale.log().sum(-1)
+
+    def covariance(self):
+        return self.scale_tril @ self.scale_tril.transpose(-1, -2)
+
+
+class LowRankGaussian(DiagGaussian):
+    """N(mean, diag(scale^2) + V V^T) with V of shape (d, rank)."""
+
+    name = "lowrank"
+
+    @staticmethod
+    def offdiag_size(latent_dim, rank):
+        return latent_dim * rank
+
+    @staticmethod
+    def head_formula(latent_dim, rank):
+        return latent_dim * (rank + 2)
+
+    def __init__(self, mean, scale, offdiag):
+        super().__init__(mean, scale)
+        self.factor = offdiag.unflatten(-1, (self.latent_dim, -1))  # V: (B, d, k)
+        self.rank = self.factor.shape[-1]
+        # capacitance C = I_k + V^T D^-1 V, so that Sigma^-1 and det Sigma need only k x k work
+        scaled_factor = self.factor / self.scale.unsqueeze(-1)
+        eye = torch.eye(self.rank, dtype=mean.dtype, device=mean.device)
+        self.capacitance_tril = torch.linalg.cholesky(eye + scaled_factor.transpose(-1, -2) @ scaled_factor)
+
+    def log_det_cov(self):
+        # matrix determinant lemma: det Sigma = det C * prod D
+        log_det_capacitance = 2 * self.capacitance_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return log_det_capacitance + 2 * self.scale.log().sum(-1)
+
+    def variances(self):
+        return self.scale.square() + self.factor.square().sum(-1)
+
+    def rsample(self, num_samples):
+        shape = (num_samples,) + self.mean.shape
+        eps_diag = torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)
+        eps_factor = torch.randn(shape[:-1] + (self.rank,), dtype=self.mean.dtype, device=self.mean.device)
+        z = self.mean + self.scale * eps_diag + torch.einsum("bdk,sbk->sbd", self.factor, eps_factor)
+        return z, self.log_prob(z)
+
+    def log_prob(self, z):
+        # Woodbury: r^T Sigma^-1 r = r^T D^-1 r - w^T C^-1 w with w = V^T D^-1 r
+        residual = z - self.mean
+        residual_over_var = residual / self.scale.square()
+        w = torch.einsum("bdk,sbd->sbk", self.factor, residual_over_var)
+        w_whitened = torch.linalg.solve_triangular(self.capacitance_tril, w.movedim(0, -1), upper=False)
+        mahalanobis = (residual * residual_over_var).sum(-1) - w_whitened.square().sum(-2).movedim(-1, 0)
+        return -0.5 * mahalanobis - 0.5 * self.log_det_cov() - 0.5 * self.latent_dim * LOG_2PI
+
+    def kl_to_standard_normal(self):
+        trace = self.scale.square().sum(-1) + self.factor.square().sum((-1, -2))
+        return 0.5 * (trace + self.mean.square().sum(-1) - self.latent_dim - self.log_det_cov())
+
+    def covariance(self):
+        return torch.diag_embed(self.scale.square()) + self.factor @ self.factor.transpose(-1, -2)
+
+
+FAMILIES = {family.name: family for family in (DiagGaussian, CholeskyGaussian, LowRankGaussian)}
+
+
+def head_size(family, latent_dim, rank):
+    return 2 * latent_dim + FAMILIES[family].offdiag_size(latent_dim, rank)

@@ -1,0 +1,24 @@
+"""Hydra callback for sweeps: collect failed jobs and summarize the sweep folder when it ends.
+
+Runs in the launching process whatever the launcher (basic, joblib, submitit), so failures recorded
+by jobs in other processes are found through their failed.txt files.
+"""
+
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+log = logging.getLogger(__name__)
+FAILED_JOBS = []
+
+
+class SweepCallback(Callback):
+    def on_multirun_end(self, config, **kwargs):
+        from vae_compare.cli import FAILED_FILE
+        from vae_compare.report import build_report
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        FAILED_JOBS.extend(path.read_text().strip() for path in sorted(sweep_dir.glob(f"*/{FAILED_FILE}")))
+        if any(sweep_dir.glob("*/summary.json")):
+            build_report(sweep_dir)

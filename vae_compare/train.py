@@ -159,7 +159,7 @@ class Run:
         log.info("resuming from %s at epoch %d step %d", path, self.epoch + 1, self.step)
 
     # ---- training ------------------------------------------------------------------------------
-    def train_epoch(self, progress, task, guard, tensorboard):
+    def train_epoch(self, progress, task, guard):
         cfg, model = self.cfg.train, self.model
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.epoch)
@@ -235,7 +235,7 @@ class Run:
         task = progress.add_task("training", total=1, elbo="")
         try:
             while self.epoch < cfg.epochs:
-                train_metrics = self.train_epoch(progress, task, guard, tensorboard)
+                train_metrics = self.train_epoch(progress, task, guard)
                 self.model.eval()
                 val_metrics = evaluate.elbo_terms(self.model, self.val)
                 epoch = self.epoch + 1

@@ -9,6 +9,7 @@ override is composed and checked before any job starts, so bad input is one line
 """
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 
-from vae_compare import UserError
+from vae_compare import UserError, data
 from vae_compare.config import validate
+from vae_compare.export import check_writable
 
 USAGE = __doc__.split("\n\n")[1] + """
 
@@ -47,9 +49,9 @@ def hydra_error_line(error):
     options = getattr(error, "options", None)
     if options:
         message += f"; available: {', '.join(options)}"
-    elif "not in struct" in str(error) or "Key '" in str(error):
-        message += " " + next((line for line in lines[1:] if line.startswith("Key")), "")
-    return message.strip()
+    if error.__cause__ is not None:
+        message += f" ({str(error.__cause__).splitlines()[0]})"
+    return message
 
 
 def job_overrides(overrides, multirun):
@@ -63,17 +65,19 @@ def job_overrides(overrides, multirun):
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def compose(overrides):
+def compose(overrides, with_hydra=False):
+    """The config Hydra would give a job with these overrides (with its `hydra` node if asked)."""
     from hydra import compose as hydra_compose, initialize_config_module
 
     with initialize_config_module(config_module="vae_compare.conf", version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def check_overrides(overrides, multirun):
     try:
         jobs = job_overrides(overrides, multirun)
-        configs = [(job, compose(job)) for job in jobs]
+        configs = [(job, compose(job, with_hydra=True)) for job in jobs]
+        output_dir = configs[0][1].hydra.sweep.dir if multirun else configs[0][1].hydra.run.dir
     except Exception as error:  # Hydra raises several exception types for bad overrides
         fail(hydra_error_line(error))
     for job, cfg in configs:
@@ -81,6 +85,13 @@ def check_overrides(overrides, multirun):
             validate(cfg)
         except UserError as error:
             fail(f"{error}" + (f" (job: {' '.join(job)})" if multirun and len(jobs) > 1 else ""))
+    try:
+        check_writable(Path(output_dir), create=False)
+        for cfg in {(cfg.data.name, cfg.data.root): cfg for _, cfg in configs}.values():
+            if cfg.data.root is not None:
+                data.locate(cfg.data.name, cfg.data.root)
+    except UserError as error:
+        fail(str(error))
 
 
 def resume_overrides(overrides):
@@ -138,6 +149,7 @@ def hydra_train(cfg: DictConfig):
     except (UserError, Diverged) as error:
         code = EXIT_DIVERGED if isinstance(error, Diverged) else EXIT_USER_ERROR
         if not multirun:
+            remove_if_empty(folder, cfg)
             fail(str(error), code)
         # a failing job must not stop the sweep: record it, the sweep callback reports it at the end
         message = f"job [{overrides}] failed: {error}"
@@ -146,6 +158,14 @@ def hydra_train(cfg: DictConfig):
             (folder / FAILED_FILE).write_text(message + "\n")
         except OSError:
             pass
+
+
+def remove_if_empty(folder, cfg):
+    """A run that failed before it saved anything leaves no folder behind (Hydra made it for the log)."""
+    from vae_compare.train import CHECKPOINT
+
+    if cfg.resume is None and not (folder / CHECKPOINT).exists():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def train_command(args):

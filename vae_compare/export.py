@@ -64,11 +64,17 @@ def write_json(path: Path, obj) -> None:
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def check_writable(folder: Path) -> None:
-    """Fail early, in one line, when the run folder cannot take files."""
+def check_writable(folder: Path, create=True) -> None:
+    """Fail early, in one line, when the run folder cannot take files. With create=False the folder is
+    not made: its nearest existing parent is tested instead."""
+    folder = Path(folder).expanduser().absolute()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise UserError(f"output folder {folder} is not writable: {error.strerror or error}") from None

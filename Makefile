@@ -1,0 +1,28 @@
+# Two commands for a fresh machine: `make train` (install, then train with the defaults) and
+# `make test` (install, then run the test suite). Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+# Offline data for this checkout's tests and runs, when the shared folder sits beside it.
+SHARED_DATA := $(abspath ../shared/data)
+export VAE_COMPARE_DATA ?= $(if $(wildcard $(SHARED_DATA)/mnist),$(SHARED_DATA))
+
+.PHONY: install train test test-slow bench
+
+$(VENV)/installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/installed
+
+train: install
+	$(VENV)/bin/vae-compare train $(ARGS)
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+test-slow: install
+	$(VENV)/bin/python -m pytest -q -m slow
+
+bench: install
+	$(VENV)/bin/python scripts/bench.py $(ARGS)

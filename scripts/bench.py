@@ -1,0 +1,464 @@
+"""Speed of vae_compare against plain PyTorch and against the machine, with targets.
+
+    .venv/bin/python scripts/bench.py [--quick] [--device auto|cpu|cuda] [--repeats N] [--json PATH]
+
+a. one training epoch of this project's loop (Run.train_epoch) against the PyTorch-examples VAE pipeline
+   (torchvision MNIST + ToTensor + DataLoader), same 50k images, batch 128, 784-400-20, grey levels;
+b. training-step time of cholesky and lowrank over diag per latent_dim, against the ratio of FLOPs;
+c. closed-form KL + rsample (forward and backward) of each family against torch.distributions;
+d. achieved GFLOP/s of training and of IWAE evaluation against a measured float32 torch.mm rate.
+
+Every figure is the median of --repeats timed runs after warm-up.
+"""
+
+import argparse
+import gzip
+import itertools
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from torch import distributions as D, nn
+
+from vae_compare import data
+from vae_compare.cli import compose
+from vae_compare.model import IMAGE_SIZE, build_model
+from vae_compare.posteriors import FAMILIES
+from vae_compare.train import Run, SignalGuard, pick_device
+
+REPO = Path(__file__).resolve().parents[1]
+LATENT_DIMS = (2, 8, 16, 32, 64, 128)
+FAMILY_NAMES = ("diag", "cholesky", "lowrank")
+RANK = 4
+BATCH = 128
+TRAIN_IMAGES = 50_000
+TARGETS = {"a": 0.4, "b": 1.15, "c": 1.0, "d": 0.5}
+console = Console()
+
+
+# ---- timing ---------------------------------------------------------------------------------------
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device, repeats, warmup=1):
+    """Median wall time of fn() over `repeats` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def per_call_seconds(fn, device, repeats, calls):
+    """Median time of one fn() call, each timing covering `calls` calls in a row."""
+    return median_seconds(lambda: [fn() for _ in range(calls)], device, repeats, warmup=2) / calls
+
+
+def machine_lines(device):
+    lines = [f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+             f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs visible"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")]
+        if models:
+            lines.append(f"CPU: {models[0]} x {len(models)}")
+    return lines
+
+
+# ---- a. one epoch: this project's loop against the PyTorch-examples pipeline -------------------------
+class TutorialVAE(nn.Module):
+    """The VAE of github.com/pytorch/examples vae/main.py."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 400)
+        self.fc21 = nn.Linear(400, 20)
+        self.fc22 = nn.Linear(400, 20)
+        self.fc3 = nn.Linear(20, 400)
+        self.fc4 = nn.Linear(400, 784)
+
+    def encode(self, x):
+        h1 = F.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        return mu + torch.randn_like(std) * std
+
+    def decode(self, z):
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(z))))
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, 784))
+        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+
+
+def tutorial_loss(recon_x, x, mu, logvar):
+    bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+def torchvision_layout(data_root, folder):
+    """<folder>/MNIST/raw/ with decompressed copies of the idx files, as torchvision's MNIST expects."""
+    raw = folder / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for stem in data.FILES.values():
+        source = data.find_file(data_root, stem)
+        opener = gzip.open if source.suffix == ".gz" else open
+        with opener(source, "rb") as src, open(raw / stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def tutorial_epoch(model, optimizer, loader, device, max_batches):
+    """The examples' train() loop, over the first max_batches batches (None: all); returns images seen."""
+    model.train()
+    train_loss, images = 0.0, 0
+    for batch, _ in itertools.islice(loader, max_batches):
+        batch = batch.to(device)
+        optimizer.zero_grad()
+        recon, mu, logvar = model(batch)
+        loss = tutorial_loss(recon, batch, mu, logvar)
+        loss.backward()
+        train_loss += loss.item()
+        optimizer.step()
+        images += batch.shape[0]
+    return images
+
+
+def bench_tutorial(args, device, max_batches):
+    """Seconds per 50k-image epoch of the PyTorch-examples pipeline."""
+    import torchvision
+    from torchvision import transforms
+
+    with tempfile.TemporaryDirectory() as folder:
+        torchvision_layout(args.data_root, Path(folder))
+        dataset = torchvision.datasets.MNIST(folder, train=True, download=False, transform=transforms.ToTensor())
+        subset = torch.utils.data.Subset(dataset, range(TRAIN_IMAGES))
+        kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+        loader = torch.utils.data.DataLoader(subset, batch_size=BATCH, shuffle=True, **kwargs)
+        torch.manual_seed(0)
+        model = TutorialVAE().to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        images = []
+        seconds = median_seconds(lambda: images.append(tutorial_epoch(model, optimizer, loader, device, max_batches)),
+                                 device, args.repeats)
+    return seconds * TRAIN_IMAGES / images[-1]
+
+
+def bench_ours(args, device, max_batches):
+    """Seconds per 50k-image epoch of Run.train_epoch, same architecture, grey levels as Bernoulli means."""
+    overrides = [f"data.root={args.data_root}", "data.val_size=10000", "data.binarize=none", "family=diag",
+                 "latent_dim=20", "model.hidden=[400]", f"train.batch_size={BATCH}", f"device={device.type}"]
+    if max_batches is not None:
+        overrides.append(f"data.train_size={max_batches * BATCH}")
+    cfg = compose(overrides)
+    with tempfile.TemporaryDirectory() as folder, SignalGuard() as guard:
+        run = Run(cfg, Path(folder), console)
+        progress = Progress(disable=True)
+        task = progress.add_task("", total=1, elbo="")
+
+        def epoch():
+            run.train_epoch(progress, task, guard)
+            run.epoch, run.step = run.epoch + 1, 0  # as Run.fit does between epochs
+
+        seconds = median_seconds(epoch, device, args.repeats)
+        images = len(run.train_data)
+    return seconds * TRAIN_IMAGES / images
+
+
+def section_a(args, device):
+    max_batches = 40 if args.quick else None
+    ours = bench_ours(args, device, max_batches)
+    tutorial = bench_tutorial(args, device, max_batches)
+    how = f"first {max_batches} batches, extrapolated to 50k images" if max_batches else "full 50k-image epochs"
+    table = Table(title=f"a. seconds per training epoch ({how}; batch {BATCH}, 784-400-20 diag, grey levels, Adam 1e-3)")
+    for column in ("pipeline", "s / epoch", "images / s"):
+        table.add_column(column, justify="right" if column != "pipeline" else "left")
+    table.add_row("vae_compare Run.train_epoch (data.binarize=none)", f"{ours:.2f}", f"{TRAIN_IMAGES / ours:,.0f}")
+    table.add_row("PyTorch examples VAE (torchvision MNIST + DataLoader)", f"{tutorial:.2f}", f"{TRAIN_IMAGES / tutorial:,.0f}")
+    table.add_row("ratio ours / baseline", f"{ours / tutorial:.3f}", "")
+    console.print(table)
+    return {"ours_seconds": ours, "baseline_seconds": tutorial, "ratio": ours / tutorial, "extrapolated": bool(max_batches)}
+
+
+# ---- b. training step per family and latent_dim, against FLOPs ------------------------------------
+def linear_flops(sizes):
+    """Forward FLOPs per image of an MLP with these layer sizes: 2 * in * out per Linear."""
+    return sum(2 * fan_in * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+
+
+def family_flops(family, d, k=RANK):
+    """Forward FLOPs per image of the family's matrix products (elementwise work not counted).
+
+    cholesky: L @ eps (dense d x d einsum) 2d^2. lowrank: V @ eps_k 2dk, V^T D^-1 V 2dk^2, and
+    w = V^T D^-1 r in rsample's log q 2dk (the k x k Cholesky and solve are below k^3 and ignored).
+    """
+    return {"diag": 0, "cholesky": 2 * d * d, "lowrank": 4 * d * k + 2 * d * k * k}[family]
+
+
+def step_flops(model):
+    """FLOPs of one training step on BATCH images: 3 x forward (forward + backward)."""
+    encoder = [m.in_features for m in model.encoder if isinstance(m, nn.Linear)] + [model.head_size]
+    decoder = [m.in_features for m in model.decoder if isinstance(m, nn.Linear)] + [IMAGE_SIZE]
+    forward = linear_flops(encoder) + linear_flops(decoder) + family_flops(model.family, model.latent_dim)
+    return 3 * forward * BATCH
+
+
+def training_model(family, latent_dim, device, **extra):
+    overrides = [f"family={family}", f"latent_dim={latent_dim}", f"device={device.type}"]
+    overrides += [f"{key}={value}" for key, value in extra.items()]
+    torch.manual_seed(0)
+    return build_model(compose(overrides)).to(device)
+
+
+def step_seconds(model, batch, args, device):
+    """Median seconds of one forward + backward + Adam step, with the loss of Run.train_epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        recon, kl = model(batch)
+        loss = (recon + kl).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return per_call_seconds(step, device, args.repeats, 3 if args.quick else 20)
+
+
+def section_b(args, device, pixels):
+    batch = pixels[:BATCH]
+    rows = []
+    for d in LATENT_DIMS:
+        figures = {}
+        for family in FAMILY_NAMES:
+            model = training_model(family, d, device)
+            figures[family] = {"seconds": step_seconds(model, batch, args, device), "flops": step_flops(model)}
+        rows.append({"latent_dim": d, **figures})
+    table = Table(title=f"b. training step (batch {BATCH}, hidden [512, 256], lowrank rank {RANK}) over diag; "
+                        "FLOPs = 3 x (2 in out per Linear + family matrix products)")
+    for column in ("d", "diag ms", "family", "ms", "time ratio", "FLOP ratio", "time / FLOP ratio"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        diag = row["diag"]
+        for family in FAMILY_NAMES[1:]:
+            figures = row[family]
+            figures["time_ratio"] = figures["seconds"] / diag["seconds"]
+            figures["flop_ratio"] = figures["flops"] / diag["flops"]
+            figures["excess"] = figures["time_ratio"] / figures["flop_ratio"]
+            table.add_row(str(row["latent_dim"]), f"{diag['seconds'] * 1e3:.2f}", family, f"{figures['seconds'] * 1e3:.2f}",
+                          f"{figures['time_ratio']:.3f}", f"{figures['flop_ratio']:.3f}", f"{figures['excess']:.3f}")
+    console.print(table)
+    return rows
+
+
+# ---- c. closed-form KL + rsample against torch.distributions --------------------------------------
+def posterior_inputs(family, d, device):
+    """Leaf tensors (mean, scale, offdiag) of one batch, as the encoder head would give them."""
+    generator = torch.Generator(device).manual_seed(d)
+    offdiag_size = FAMILIES[family].offdiag_size(d, RANK)
+    mean = torch.randn(BATCH, d, generator=generator, device=device)
+    scale = torch.rand(BATCH, d, generator=generator, device=device) + 0.5
+    offdiag = 0.1 * torch.randn(BATCH, offdiag_size, generator=generator, device=device)
+    return [t.requires_grad_() for t in (mean, scale, offdiag)]
+
+
+def ours_loss(family, mean, scale, offdiag):
+    q = FAMILIES[family](mean, scale, offdiag)
+    z, _ = q.rsample(1)
+    return z.sum() + q.kl_to_standard_normal().sum()
+
+
+def lower_triangular(scale, offdiag):
+    d = scale.shape[-1]
+    rows, cols = torch.tril_indices(d, d, offset=-1, device=scale.device)
+    lower = scale.new_zeros(scale.shape + (d,))
+    lower[..., rows, cols] = offdiag
+    return lower + torch.diag_embed(scale)
+
+
+def torch_posterior(family, mean, scale, offdiag):
+    if family == "diag":
+        return D.Independent(D.Normal(mean, scale, validate_args=False), 1, validate_args=False)
+    if family == "cholesky":
+        return D.MultivariateNormal(mean, scale_tril=lower_triangular(scale, offdiag), validate_args=False)
+    return D.LowRankMultivariateNormal(mean, offdiag.unflatten(-1, (mean.shape[-1], RANK)), scale.square(),
+                                       validate_args=False)
+
+
+def torch_prior(family, d, device):
+    zeros, ones = torch.zeros(d, device=device), torch.ones(d, device=device)
+    if family == "diag":
+        return D.Independent(D.Normal(zeros, ones, validate_args=False), 1, validate_args=False)
+    if family == "cholesky":
+        return D.MultivariateNormal(zeros, scale_tril=torch.eye(d, device=device), validate_args=False)
+    return D.LowRankMultivariateNormal(zeros, torch.zeros(d, 1, device=device), ones, validate_args=False)
+
+
+def section_c(args, device):
+    calls = 5 if args.quick else 50
+    rows = []
+    for d in LATENT_DIMS:
+        row = {"latent_dim": d}
+        for family in FAMILY_NAMES:
+            inputs = posterior_inputs(family, d, device)
+            prior = torch_prior(family, d, device)
+
+            def ours():
+                torch.autograd.grad(ours_loss(family, *inputs), inputs)
+
+            def reference():
+                q = torch_posterior(family, *inputs)
+                loss = q.rsample().sum() + D.kl_divergence(q, prior).sum()
+                torch.autograd.grad(loss, inputs)
+
+            ours_s = per_call_seconds(ours, device, args.repeats, calls)
+            torch_s = per_call_seconds(reference, device, args.repeats, calls)
+            row[family] = {"ours_seconds": ours_s, "torch_seconds": torch_s, "speedup": torch_s / ours_s}
+        rows.append(row)
+    table = Table(title=f"c. KL to N(0, I) + rsample, forward and backward, batch {BATCH}, float32: "
+                        "torch.distributions (validate_args=False) time / ours")
+    table.add_column("d", justify="right")
+    for family in FAMILY_NAMES:
+        table.add_column(f"{family} ours µs", justify="right")
+        table.add_column(f"{family} torch µs", justify="right")
+        table.add_column(f"{family} speedup", justify="right")
+    for row in rows:
+        cells = [str(row["latent_dim"])]
+        for family in FAMILY_NAMES:
+            f = row[family]
+            cells += [f"{f['ours_seconds'] * 1e6:.0f}", f"{f['torch_seconds'] * 1e6:.0f}", f"{f['speedup']:.2f}"]
+        table.add_row(*cells)
+    console.print(table)
+    return rows
+
+
+# ---- d. achieved GFLOP/s against the measured matrix-multiply rate --------------------------------
+def matmul_rate(rows, inner, cols, args, device):
+    a = torch.randn(rows, inner, device=device)
+    b = torch.randn(inner, cols, device=device)
+    seconds = median_seconds(lambda: torch.mm(a, b), device, args.repeats)
+    return 2 * rows * inner * cols / seconds / 1e9
+
+
+def iwae_rate(args, device, pixels):
+    """GFLOP/s of evaluate.iwae_log_px on 100 images, counting 2 in out per decoder Linear per sample,
+    and the shape of the widest decoder matmul per call."""
+    from vae_compare import evaluate  # imported here: the module may be mid-edit by another writer
+
+    model = training_model("diag", 16, device).eval()
+    split = data.Split(pixels[-100:])
+    samples = 100 if args.quick else 1000
+    seconds = median_seconds(lambda: evaluate.iwae_log_px(model, split, samples), device, args.repeats)
+    sizes = [m.in_features for m in model.decoder if isinstance(m, nn.Linear)] + [IMAGE_SIZE]
+    flops = linear_flops(sizes) * len(split) * samples
+    chunk = evaluate.default_chunk_size(model, evaluate.IWAE_BATCH_SIZE)
+    return {"seconds": seconds, "samples": samples, "gflops": flops / seconds / 1e9,
+            "matmul_shape": (min(chunk, samples) * len(split), sizes[-2], sizes[-1])}
+
+
+def section_d(args, device, pixels, b_rows):
+    iwae = iwae_rate(args, device, pixels)
+    square = 1024 if args.quick else 2048
+    rates = {f"mm {square}x{square} @ {square}x{square}": matmul_rate(square, square, square, args, device)}
+    m, k, n = iwae["matmul_shape"]
+    rates[f"mm {m}x{k} @ {k}x{n} (IWAE decoder output layer)"] = matmul_rate(m, k, n, args, device)
+    peak = max(rates.values())
+    table = Table(title="d. achieved float32 GFLOP/s against the best measured torch.mm rate")
+    for column in ("workload", "GFLOP/s", "% of mm"):
+        table.add_column(column, justify="right" if column != "workload" else "left")
+    for name, rate in rates.items():
+        table.add_row(name, f"{rate:.1f}", f"{100 * rate / peak:.0f}")
+    training = {}
+    for row in b_rows:
+        if row["latent_dim"] == 16:
+            for family in FAMILY_NAMES:
+                rate = row[family]["flops"] / row[family]["seconds"] / 1e9
+                training[family] = rate
+                table.add_row(f"training step {family} d=16 (b's FLOPs)", f"{rate:.1f}", f"{100 * rate / peak:.0f}")
+    table.add_row(f"IWAE iwae_log_px, 100 images, k={iwae['samples']} (decoder FLOPs)", f"{iwae['gflops']:.1f}",
+                  f"{100 * iwae['gflops'] / peak:.0f}")
+    console.print(table)
+    return {"matmul_gflops": rates, "peak_gflops": peak, "training_gflops_d16": training,
+            "iwae": {**iwae, "fraction_of_peak": iwae["gflops"] / peak}}
+
+
+# ---- targets --------------------------------------------------------------------------------------
+def targets(results):
+    worst_b = max((row[f]["excess"], f, row["latent_dim"]) for row in results["b"] for f in FAMILY_NAMES[1:])
+    worst_c = min((row[f]["speedup"], f, row["latent_dim"]) for row in results["c"] for f in FAMILY_NAMES)
+    checks = [
+        ("a. epoch time ours / PyTorch-examples baseline", f"≤ {TARGETS['a']}", results["a"]["ratio"],
+         results["a"]["ratio"] <= TARGETS["a"], ""),
+        ("b. worst (time ratio / FLOP ratio) over diag", f"≤ {TARGETS['b']}", worst_b[0],
+         worst_b[0] <= TARGETS["b"], f"{worst_b[1]} d={worst_b[2]}"),
+        ("c. slowest speedup over torch.distributions", f"> {TARGETS['c']}", worst_c[0],
+         worst_c[0] > TARGETS["c"], f"{worst_c[1]} d={worst_c[2]}"),
+        ("d. IWAE GFLOP/s / best torch.mm GFLOP/s", f"≥ {TARGETS['d']}", results["d"]["iwae"]["fraction_of_peak"],
+         results["d"]["iwae"]["fraction_of_peak"] >= TARGETS["d"], ""),
+    ]
+    table = Table(title="targets")
+    for column in ("target", "wanted", "measured", "where", "result"):
+        table.add_column(column, justify="left" if column in ("target", "where") else "right")
+    for name, wanted, value, passed, where in checks:
+        table.add_row(name, wanted, f"{value:.3f}", where, "[green]PASS[/green]" if passed else "[red]FAIL[/red]")
+    console.print(table)
+    return [{"target": name, "wanted": wanted, "measured": value, "where": where, "pass": passed}
+            for name, wanted, value, passed, where in checks]
+
+
+def default_data_root():
+    return Path(os.environ.get(data.DATA_ENV) or REPO.parent / "shared" / "data" / "mnist")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, default=default_data_root(),
+                        help="folder with the four MNIST idx files (default: $VAE_COMPARE_DATA or ../shared/data/mnist)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: a pass in under a minute")
+    parser.add_argument("--repeats", type=int, help="timed runs per figure (default 5, --quick 3)")
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    args = parser.parse_args()
+    args.data_root = args.data_root.expanduser().resolve()
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    return args
+
+
+def main():
+    args = parse_args()
+    device = pick_device(args.device)
+    header = machine_lines(device) + [f"repeats {args.repeats}" + (", --quick" if args.quick else "")]
+    for line in header:
+        console.print(line)
+    _, images = data.load_arrays("mnist", args.data_root)
+    pixels = torch.from_numpy(images["test"].copy()).to(device).flatten(1).float().div_(255)
+    results = {"machine": header, "a": section_a(args, device)}
+    results["b"] = section_b(args, device, pixels)
+    results["c"] = section_c(args, device)
+    results["d"] = section_d(args, device, pixels, results["b"])
+    results["targets"] = targets(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        console.print(f"figures written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The real command end to end: a training run from another folder, help, and every bad input."""
+
+import gzip
+import json
+import shutil
+
+import pytest
+
+from conftest import MNIST, TINY, run_cli
+
+
+def event_tags(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return set(accumulator.Tags()["scalars"]), set(accumulator.Tags()["images"])
+
+
+def test_train_writes_every_result_file(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", "family=cholesky", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("metrics.csv", "params.csv", "summary.json", "final.csv", "checkpoint.pt", "best.pt"):
+        assert (run_dir / name).is_file(), name
+    metrics = (run_dir / "metrics.csv").read_text().splitlines()
+    assert len(metrics) == 1 + 2 and metrics[0].startswith("epoch,lr,train_elbo")
+    params = (run_dir / "params.csv").read_text().splitlines()
+    assert params[1].split(",")[:6] == ["cholesky", "4", "0", "32", "14", "14"]  # d + d(d+1)/2 = 14
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["config"]["family"]["name"] == "cholesky"
+    assert summary["test"]["log_px"] >= summary["test"]["elbo"] - 1.0
+    scalars, images = event_tags(run_dir)
+    assert {"train/elbo", "train/kl", "train/recon", "val/elbo", "val/kl", "val/recon", "final/log_px"} <= scalars
+    assert {"val/reconstructions", "prior/samples"} <= images
+    assert "log p(x), IWAE" in result.stdout  # the final rich table
+
+
+def test_help_lists_commands_and_options(tmp_path):
+    top = run_cli(["--help"], cwd=tmp_path)
+    assert top.returncode == 0 and "train" in top.stdout and "report" in top.stdout and "evaluate" in top.stdout
+    train = run_cli(["train", "--help"], cwd=tmp_path)
+    assert train.returncode == 0
+    assert "family: cholesky, diag, lowrank" in train.stdout and "experiment: burda2016, quick" in train.stdout
+
+
+def truncated_copy(folder):
+    shutil.copytree(MNIST, folder)
+    data = gzip.decompress((folder / "train-images-idx3-ubyte.gz").read_bytes())
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(data[:100000]))
+    return folder
+
+
+def not_idx_copy(folder):
+    shutil.copytree(MNIST, folder)
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"this is not a gzip file")
+    return folder
+
+
+BAD_INPUTS = [
+    (["family=foo"], "Could not find 'family/foo'"),
+    (["dataset=foo"], "Could not find 'dataset/foo'"),
+    (["latent_dim=0"], "latent_dim must be an integer >= 1"),
+    (["latent_dim=two"], "latent_dim must be an integer"),
+    (["family=lowrank", "family.rank=0"], "family.rank must be in 1..latent_dim"),
+    (["family=lowrank", "family.rank=5"], "family.rank must be in 1..latent_dim"),
+    (["family=cholesky", "family.rank=2"], "family.rank applies to lowrank only"),
+    (["train.batch_size=0"], "train.batch_size must be an integer >= 1"),
+    (["train.lr=0"], "train.lr must be a number > 0"),
+    (["train.lr=-1e-3"], "train.lr must be a number > 0"),
+    (["train.epochs=1.5"], "train.epochs must be an integer"),
+    (["family.offdiag_init=ones"], "family.offdiag_init must be one of"),
+    (["model.hidden=[]"], "model.hidden must be a non-empty list"),
+    (["model.activation=sigmoid"], "model.activation must be one of"),
+    (["no_such_key=1"], "Could not override 'no_such_key'"),
+    (["train.no_such_key=1"], "Could not override 'train.no_such_key'"),
+    (["device=tpu"], "device must be one of"),
+    (["data.root=/no/such/folder"], "lacks train-images-idx3-ubyte"),
+    (["data.val_size=60000"], "leaves no training images"),
+    (["resume=/no/such/run"], "no such run folder"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", *TINY, *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("make_folder,message", [(truncated_copy, "truncated"), (not_idx_copy, "cannot read data file")])
+def test_corrupt_data_files(tmp_path, make_folder, message):
+    folder = make_folder(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith("data.root")]
+    result = run_cli(["train", *overrides, f"data.root={folder}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli(["train", *TINY, f"hydra.run.dir={blocker}/run"], cwd=tmp_path)
+    assert result.returncode == 2 and "is not writable" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_data_offline_says_where_to_point(tmp_path):
+    # no data.root, no $VAE_COMPARE_DATA, an empty cache and no network: a one-line error that names the fix
+    overrides = [o for o in TINY if not o.startswith("data.root")]
+    env = {"VAE_COMPARE_DATA": "", "XDG_CACHE_HOME": str(tmp_path / "cache"), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    result = run_cli(["train", *overrides, "dataset=mnist", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert "data.root=" in result.stderr and "VAE_COMPARE_DATA" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_environment_variable_points_at_data(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("data.root")] + ["train.epochs=1"]
+    result = run_cli(["train", *overrides, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                     env={"VAE_COMPARE_DATA": str(MNIST.parent)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["data_folder"] == str(MNIST)
+
+
+def test_divergence_stops_with_one_line_and_no_results(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", *TINY, "train.lr=1e12", "train.epochs=3", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "non-finite loss or gradient at epoch" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (run_dir / "summary.json").exists()

@@ -1,0 +1,245 @@
+"""Check `vae-compare report` on fake run folders: files written, paired-gain math, verdict, bad input.
+
+The run folders are built here with made-up numbers in the layout a real run writes (summary.json,
+metrics.csv, params.csv); no model is trained.
+"""
+
+import csv
+import io
+import json
+import math
+
+import pytest
+from rich.console import Console
+
+from vae_compare import UserError
+from vae_compare.report import PLOTS, build_report, main, paired_gain, t_975
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FAMILY_DEFAULTS = {
+    "diag": {"rank": 0, "scale_transform": "exp", "scale_floor": 0.0, "offdiag_scale": 0.0},
+    "cholesky": {"rank": 0, "scale_transform": "softplus", "scale_floor": 0.001, "offdiag_scale": 0.01},
+    "lowrank": {"rank": 4, "scale_transform": "softplus", "scale_floor": 0.001, "offdiag_scale": 0.01},
+}
+
+
+def head_size(family, d, k):
+    return {"diag": 2 * d, "cholesky": d + d * (d + 1) // 2, "lowrank": d * (k + 2)}[family]
+
+
+def make_run(folder, family="diag", latent_dim=8, seed=0, log_px=-100.0, elbo=None, rank=None, match=None,
+             lr=0.001, epochs=3, status="complete", **family_settings):
+    """A run folder as training leaves it; ELBO defaults to log p(x) - 5."""
+    folder.mkdir(parents=True)
+    settings = {**FAMILY_DEFAULTS[family], **family_settings}
+    if rank is not None:
+        settings["rank"] = rank
+    config = {
+        "data": {"name": "mnist", "root": "/data", "binarize": "dynamic", "val_size": 500, "train_size": 2000,
+                 "test_size": 200, "eval_binarize_seed": 1234},
+        "family": {"name": family, "offdiag_init": "zero", **settings},
+        "model": {"hidden": [512, 256], "activation": "relu", "match_params": match, "match_rank": 4},
+        "train": {"epochs": epochs, "batch_size": 128, "lr": lr, "lr_schedule": "constant", "kl_weight": 1.0,
+                  "grad_clip": None, "image_every": 5, "log_every": 50, "threads": None},
+        "eval": {"iwae_samples": 50, "chunk_size": None, "active_threshold": 0.01},
+        "latent_dim": latent_dim, "seed": seed, "device": "auto", "resume": None,
+    }
+    head = head_size(family, latent_dim, settings["rank"])
+    widen = 1000 if match else 0  # equal-budget runs have wider hidden layers
+    encoder = 784 * 512 + 512 + 512 * 256 + 256 + 256 * head + head + widen
+    decoder = latent_dim * 256 + 256 + 256 * 512 + 512 + 512 * 784 + 784 + widen
+    params = {"family": family, "latent_dim": latent_dim, "rank": settings["rank"], "hidden": "512-256",
+              "head_outputs": head, "head_formula": head, "encoder_params": encoder, "decoder_params": decoder,
+              "total_params": encoder + decoder}
+    elbo = log_px - 5.0 if elbo is None else elbo
+    val = [elbo - 10.0 / (epoch + 1) for epoch in range(epochs)]
+    summary = {
+        "status": status, "config": config, "device": "cpu", "torch": "2.14.1", "data_folder": "/data",
+        "params": params, "best_epoch": epochs, "best_val_elbo": max(val), "seconds_per_epoch": 9.0 + head / 100,
+        "images_per_second": 240.0,
+        "test": {"elbo": elbo, "kl": 20.0, "recon": -elbo - 20.0, "log_px": log_px, "log_px_stderr": 3.3,
+                 "iwae_samples": 50, "iwae_seconds": 0.3, "active_units": min(latent_dim, 5),
+                 "offdiag_corr": 0.0 if family == "diag" else 0.05, "logdet_gap": 0.0 if family == "diag" else 0.4,
+                 "condition_number": 1.3},
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "lr", "train_elbo", "train_kl", "train_recon", "train_seconds",
+                         "train_images_per_second", "val_elbo", "val_kl", "val_recon"])
+        for epoch, value in enumerate(val, 1):
+            writer.writerow([epoch, lr, value - 1, 20, -value + 19, 9.0, 240.0, value, 20, -value - 20])
+    (folder / "params.csv").write_text(",".join(params) + "\n" + ",".join(str(v) for v in params.values()) + "\n")
+
+
+# d=8: cholesky beats diag by 1, 2, 3 nats (seeds 0, 1, 2), lowrank(k=2) by 0.5, 0.6, 0.7.
+# d=2: diag wins; cholesky is 0.5 and 0.7 nats worse in log p(x) but 1 nat better in ELBO.
+DIAG_8 = [-100.0, -101.0, -102.0]
+DIAG_2 = [-150.0, -151.0]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    for seed, base in enumerate(DIAG_8):
+        make_run(root / "sweep1" / f"diag_d8_s{seed}", "diag", 8, seed, base)
+        make_run(root / "sweep1" / f"chol_d8_s{seed}", "cholesky", 8, seed, base + seed + 1)
+        make_run(root / "sweep1" / f"lowrank_d8_s{seed}", "lowrank", 8, seed, base + 0.5 + seed / 10, rank=2)
+    make_run(root / "sweep1" / "diag_matched_d8_s0", "diag", 8, 0, -100.2, match="cholesky")
+    for seed, base in enumerate(DIAG_2):
+        make_run(root / "sweep2" / f"diag_d2_s{seed}", "diag", 2, seed, base, elbo=base - 5)
+        make_run(root / "sweep2" / f"chol_d2_s{seed}", "cholesky", 2, seed, base - 0.5 - seed / 5, elbo=base - 4)
+        make_run(root / "sweep2" / f"lowrank_d2_s{seed}", "lowrank", 2, seed, base - 1 - seed / 5, rank=2)
+    # three unfinished runs: still training, summary not complete, failed before training
+    (root / "sweep1" / "running").mkdir()
+    (root / "sweep1" / "running" / "params.csv").write_text("family\ndiag\n")
+    (root / "sweep1" / "running" / "metrics.csv").write_text("epoch,val_elbo\n1,-120\n")
+    make_run(root / "sweep2" / "half", "cholesky", 2, 5, -1.0, status="training")
+    (root / "sweep2" / "failed").mkdir()
+    (root / "sweep2" / "failed" / "failed.txt").write_text("job [family=x] failed: bad\n")
+    out = root / "report"
+    result = build_report(root, out, console=Console(file=io.StringIO(), width=200))
+    return root, out, result
+
+
+def group(result, latent_dim, variant):
+    (row,) = [g for g in result["groups"] if g["latent_dim"] == latent_dim and g["variant"] == variant]
+    return row
+
+
+def test_summary_csv_has_one_row_per_finished_run(sweep):
+    root, out, result = sweep
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert result["runs"] == len(rows) == 3 * 3 + 1 + 2 * 3
+    assert {row["run"] for row in rows} >= {"sweep1/chol_d8_s2", "sweep2/diag_d2_s0", "sweep1/diag_matched_d8_s0"}
+    columns = set(rows[0])
+    assert {"run", "data.name", "family.name", "family.rank", "latent_dim", "seed", "model.match_params",
+            "best_val_elbo", "best_epoch", "head_outputs", "head_formula", "encoder_params", "decoder_params",
+            "total_params", "hidden", "seconds_per_epoch"} <= columns
+    assert {f"test_{key}" for key in ("elbo", "kl", "recon", "log_px", "log_px_stderr", "iwae_samples",
+                                      "active_units", "offdiag_corr", "logdet_gap", "condition_number")} <= columns
+    # config values that vary are columns; the ones shared by every run are not
+    assert {"family.scale_transform", "family.offdiag_scale"} <= columns
+    assert "train.lr" not in columns and "data.binarize" not in columns
+    chol = next(row for row in rows if row["run"] == "sweep1/chol_d8_s1")
+    assert float(chol["test_log_px"]) == -99.0 and chol["family.name"] == "cholesky" and chol["seed"] == "1"
+
+
+def test_paired_gain_matches_hand_computation(sweep):
+    _, _, result = sweep
+    chol = group(result, 8, "cholesky")
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.303
+    assert chol["gain"] == pytest.approx(2.0)
+    assert chol["gain_low"] == pytest.approx(2.0 - 4.303 / math.sqrt(3))
+    assert chol["gain_high"] == pytest.approx(2.0 + 4.303 / math.sqrt(3))
+    assert chol["gain_n"] == 3 and chol["baseline"] == "diag"
+    lowrank = group(result, 8, "lowrank(k=2)")
+    # differences 0.5, 0.6, 0.7: mean 0.6, sd 0.1
+    assert lowrank["gain"] == pytest.approx(0.6)
+    assert lowrank["gain_low"] == pytest.approx(0.6 - 4.303 * 0.1 / math.sqrt(3))
+    chol2 = group(result, 2, "cholesky")
+    # differences -0.5, -0.7: mean -0.6, sd 0.1414, t(0.975, 1) = 12.706
+    assert chol2["gain"] == pytest.approx(-0.6)
+    assert chol2["gain_high"] == pytest.approx(-0.6 + 12.706 * math.sqrt(0.02) / math.sqrt(2))
+    assert chol2["elbo_gain"] == pytest.approx(1.0)
+    diag = group(result, 8, "diag")
+    assert diag["n"] == 3 and diag["log_px_mean"] == pytest.approx(-101.0) and diag["log_px_std"] == pytest.approx(1.0)
+    assert diag["gain"] is None
+
+
+def test_paired_gain_uses_shared_seeds_only():
+    gain = paired_gain({0: 1.0, 1: 3.0, 2: 9.0}, {0: 0.0, 1: 1.0, 7: 5.0})
+    assert gain["gain_n"] == 2 and gain["gain"] == pytest.approx(1.5)
+    single = paired_gain({0: 1.0}, {0: 0.5})
+    assert single["gain_n"] == 1 and single["gain"] == pytest.approx(0.5) and single["gain_low"] is None
+    assert paired_gain({0: 1.0}, {1: 0.5})["gain_n"] == 0
+
+
+def test_t_quantiles():
+    assert t_975(1) == 12.706 and t_975(30) == 2.042
+    assert t_975(60) == pytest.approx(2.0003, abs=1e-3)
+    assert t_975(10_000) == pytest.approx(1.96, abs=1e-3)
+
+
+def test_verdict_names_the_winner(sweep):
+    _, out, result = sweep
+    text = result["verdict"]
+    d8 = next(s for s in text.split(". ") if "latent_dim 8" in s)
+    assert "cholesky has the best mean test log p(x)" in d8 and "+2.00 nats over diag" in d8
+    assert "not distinguishable from diag" in d8 and "n=1–3 seeds" in d8
+    d2 = next(s for s in text.split(". ") if "latent_dim 2" in s)
+    assert "diag has the best mean test log p(x)" in d2
+    assert "cholesky beats diag in ELBO" in d2
+    report = (out / "report.md").read_text()
+    assert text in report
+
+
+def test_matched_runs_are_their_own_group(sweep):
+    _, out, result = sweep
+    matched = group(result, 8, "diag matched→cholesky")
+    assert matched["n"] == 1 and matched["matched"] and matched["gain_n"] == 1
+    assert matched["gain"] == pytest.approx(-0.2)
+    assert "| diag matched→cholesky | 1 |" in (out / "report.md").read_text()
+    assert "-0.20 (n=1)" in (out / "report.md").read_text()
+
+
+def test_unfinished_runs_are_ignored_and_counted(sweep):
+    _, out, result = sweep
+    assert result["unfinished"] == 3
+    assert "3 unfinished runs ignored" in (out / "report.md").read_text()
+    assert all(g["seeds"] != [5] for g in result["groups"])
+
+
+def test_plots_are_png_and_linked(sweep):
+    _, out, _ = sweep
+    report = (out / "report.md").read_text()
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({name})" in report
+    assert len(PLOTS) == 5
+
+
+def test_parameter_table(sweep):
+    _, out, _ = sweep
+    report = (out / "report.md").read_text()
+    # d=8: diag 2d = 16, cholesky d + d(d+1)/2 = 44, lowrank d(k+2) = 32
+    assert "| 8 | diag | 2d | 16 | 16 |" in report
+    assert "| 8 | cholesky | d + d(d+1)/2 | 44 | 44 |" in report
+    assert "| 8 | lowrank(k=2) | d(k+2) | 32 | 32 |" in report
+
+
+def test_other_settings_split_groups(tmp_path):
+    """Varying offdiag_scale names the variant; varying lr splits the cells diag is paired within."""
+    for seed in (0, 1):
+        for lr, shift in ((0.001, 0.0), (0.0003, -10.0)):
+            make_run(tmp_path / f"diag_{lr}_{seed}", "diag", 4, seed, -120.0 + shift - seed, lr=lr)
+            make_run(tmp_path / f"chol_{lr}_{seed}", "cholesky", 4, seed, -119.0 + shift - seed, lr=lr)
+        make_run(tmp_path / f"chol_big_{seed}", "cholesky", 4, seed, -121.0 - seed, offdiag_scale=0.1)
+    result = build_report(tmp_path, console=Console(file=io.StringIO()))
+    labels = {(g["setting"], g["variant"]) for g in result["groups"]}
+    assert ("train.lr=0.001", "cholesky(offdiag_scale=0.1)") in labels
+    assert ("train.lr=0.0003", "cholesky(offdiag_scale=0.01)") in labels
+    for g in result["groups"]:
+        if g["family"] == "cholesky":
+            assert g["baseline"] == "diag" and g["gain_n"] == 2
+            assert g["gain"] == pytest.approx(-1.0 if "0.1)" in g["variant"] else 1.0)
+    for name in PLOTS:  # one latent_dim only: the plots still render
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_main_writes_to_out(sweep, tmp_path):
+    root, _, _ = sweep
+    main([str(root / "sweep2"), "--out", str(tmp_path / "r")])
+    assert "6 finished runs" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_main_rejects_missing_and_empty_folders(tmp_path):
+    with pytest.raises(UserError, match="no such folder"):
+        main([str(tmp_path / "missing")])
+    with pytest.raises(UserError, match="no finished runs"):
+        main([str(tmp_path)])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "failed.txt").write_text("failed\n")
+    with pytest.raises(UserError, match="1 unfinished"):
+        main([str(tmp_path)])

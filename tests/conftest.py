@@ -19,8 +19,9 @@ TINY = [f"data.root={MNIST}", "data.train_size=512", "data.val_size=256", "data.
         "eval.iwae_samples=16", "train.threads=1"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def real_data_present():
+@pytest.fixture(scope="session")
+def real_data():
+    """Tests on real data fail loudly, never skip, when the files are missing."""
     if not (MNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.exit(f"the real MNIST files are missing from {MNIST}; set VAE_COMPARE_DATA to the data folder", 2)
 

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import MNIST, TINY, run_cli
 
+pytestmark = pytest.mark.usefixtures("real_data")
+
 
 def event_tags(folder):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

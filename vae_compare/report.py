@@ -7,8 +7,8 @@ A group is dataset x latent_dim x settings x variant. The variant is the posteri
 rank for lowrank, its own settings when they vary, and the family it was widened to match for
 equal-budget runs); the settings are the other config values that vary across the runs (learning
 rate, epochs, ...). Each variant is compared with diag at the same dataset, latent_dim and settings,
-paired by seed: the seed fixes the data order and binarization, so per-seed differences cancel much
-of the run-to-run noise that mean-vs-mean comparisons would carry.
+paired by seed: runs with the same seed see the same data order and binarization, so per-seed
+differences cancel part of the run-to-run noise that a mean-vs-mean comparison would carry.
 """
 
 import argparse
@@ -35,6 +35,7 @@ NON_RESULT_KEYS = {"data.root", "device", "resume", "train.threads", "train.log_
                    "eval.chunk_size"}
 # Config values that are group dimensions of their own, so they are not "settings".
 GROUP_KEYS = {"data.name", "latent_dim", "seed", "model.match_params", "model.match_rank"}
+# Table order: cheapest posterior first, unknown families last.
 FAMILY_ORDER = {"diag": 0, "lowrank": 1, "cholesky": 2}
 HEAD_FORMULAS = {"diag": "2d", "cholesky": "d + d(d+1)/2", "lowrank": "d(k+2)"}
 # Per-run numbers averaged per group; each is a path into summary.json.
@@ -116,14 +117,14 @@ def show(value):
 def label_runs(runs):
     """Give every run its variant and settings labels; returns the config keys that split groups."""
     all_keys = config_keys(runs)
-    setting_keys = varying([run["config"] for run in runs],
-                           [k for k in all_keys if k not in NON_RESULT_KEYS | GROUP_KEYS and not k.startswith("family.")])
+    candidates = [k for k in all_keys if k not in NON_RESULT_KEYS | GROUP_KEYS and not k.startswith("family.")]
+    setting_keys = varying([run["config"] for run in runs], candidates)
     # family settings split only within one family: diag's scale_transform differs from cholesky's by default
     family_keys = {}
     for family in {run["family"] for run in runs}:
         configs = [run["config"] for run in runs if run["family"] == family]
-        candidates = [k for k in all_keys if k.startswith("family.") and k not in ("family.name", "family.rank")]
-        family_keys[family] = varying(configs, candidates)
+        own = [k for k in all_keys if k.startswith("family.") and k not in ("family.name", "family.rank")]
+        family_keys[family] = varying(configs, own)
     for run in runs:
         config = run["config"]
         run["variant"] = variant_label(config, family_keys[run["family"]])
@@ -141,6 +142,10 @@ def variant_label(config, family_keys):
     if target is not None and target != family:
         label += " matched→" + (f"lowrank(k={config['model.match_rank']})" if target == "lowrank" else target)
     return label
+
+
+def family_order(family):
+    return FAMILY_ORDER.get(family, len(FAMILY_ORDER))
 
 
 def is_matched(config):
@@ -200,7 +205,7 @@ def make_groups(runs):
 
     def order(key):
         first = members[key][0]
-        return key[:3], FAMILY_ORDER.get(first["family"], len(FAMILY_ORDER)), is_matched(first["config"]), key[3]
+        return key[:3], family_order(first["family"]), is_matched(first["config"]), key[3]
 
     groups, values = [], []
     for key in sorted(members, key=order):
@@ -258,11 +263,12 @@ def verdict(groups):
         cells[cell(row)].append(row)
     sentences = []
     for (dataset, latent_dim, setting), rows in cells.items():
-        where = f"{dataset}, latent_dim {latent_dim}" + (f" ({setting})" if setting else "")
+        where = f"{dataset}, latent_dim {latent_dim}" + (f", {setting}" if setting else "")
         seeds = sorted({row["n"] for row in rows})
         n_text = f"n={seeds[0]}" if len(seeds) == 1 else f"n={seeds[0]}–{seeds[-1]}"
         best = max(rows, key=lambda row: row["log_px_mean"])
-        head = f"{where} ({n_text} seeds per variant): {best['variant']} has the best mean test log p(x) ({best['log_px_mean']:.2f} nats)"
+        head = (f"{where} ({n_text} seeds per variant): {best['variant']} has the best mean test log p(x) "
+                f"({best['log_px_mean']:.2f} nats)")
         if best["baseline"] is None:
             sentence = head + "; there is no diag run to compare with"
         elif best["variant"] == best["baseline"]:
@@ -325,9 +331,9 @@ def gain_text(row):
 def group_table(groups):
     """Header and rows of the group table, shared by report.md and the console."""
     with_setting = any(row["setting"] for row in groups)
-    header = ["dataset", "latent_dim"] + (["settings"] if with_setting else []) + [
-        "variant", "n", "test log p(x)", "test ELBO", "gain vs diag [95% CI]", "head outputs", "params",
-        "s/epoch", "active units", "logdet gap"]
+    header = ["dataset", "d"] + (["settings"] if with_setting else []) + [
+        "variant", "n", "log p(x)", "ELBO", "gain vs diag [95% CI]", "head", "params", "s/epoch", "active",
+        "logdet gap"]
     rows = []
     for row in groups:
         rows.append([row["dataset"], str(row["latent_dim"])] + ([row["setting"]] if with_setting else []) + [
@@ -341,7 +347,7 @@ def group_table(groups):
 def params_table(runs):
     """Head outputs (formula and actual) and parameter totals per latent_dim and variant."""
     first = {}
-    for run in sorted(runs, key=lambda run: (run["latent_dim"], FAMILY_ORDER.get(run["family"], 9), run["variant"])):
+    for run in sorted(runs, key=lambda run: (run["latent_dim"], family_order(run["family"]), run["variant"])):
         first.setdefault((run["latent_dim"], run["setting"], run["variant"]), run)
     with_setting = any(run["setting"] for run in runs)
     header = ["latent_dim"] + (["settings"] if with_setting else []) + [
@@ -364,7 +370,8 @@ def markdown_table(header, rows):
 
 
 def rich_table(header, rows, title):
-    table = Table(title=title, box=box.SIMPLE_HEAD)
+    # compact (no borders, narrow gaps): the table has many columns and wraps less on ordinary terminals
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
     for name in header:
         table.add_column(name, justify="left" if name in ("dataset", "settings", "variant") else "right")
     for row in rows:
@@ -459,7 +466,7 @@ def write_plots(runs, groups, out):
 
 
 # ---- report.md ------------------------------------------------------------------------------------
-def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text, out):
+def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text):
     iwae = sorted({str(run["summary"].get("test", {}).get("iwae_samples")) for run in runs})
     lines = [
         "# vae-compare report",
@@ -479,8 +486,8 @@ def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text, 
         f"Test log p(x) is the IWAE estimate (k = {', '.join(iwae)} samples) in nats, higher is better "
         "(NLL = −log p(x)); log p(x) and ELBO are mean ± sd over seeds. The gain is the mean per-seed difference "
         "log p(x)(variant) − log p(x)(diag) over the seeds both have, at the same dataset, latent_dim and "
-        "settings, with a 95% t-interval. Head outputs, parameters, seconds per epoch, active units and "
-        "log-det gap are means over seeds.",
+        "settings, with a 95% t-interval. d is latent_dim; head (encoder head outputs per image), params (total "
+        "parameters), s/epoch, active (active units) and logdet gap are means over seeds.",
         "",
         markdown_table(*group_table(groups)),
         "",
@@ -496,9 +503,8 @@ def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text, 
         "Error bars: ±1 sd over seeds.",
         "",
     ]
-    for name, title in PLOTS.items():
-        link = os.path.relpath(out / name, out)
-        lines += [f"![{title}]({link})", ""]
+    for name, title in PLOTS.items():  # the PNGs sit next to report.md, so the file name is the relative link
+        lines += [f"![{title}]({name})", ""]
     return "\n".join(lines)
 
 
@@ -516,12 +522,13 @@ def build_report(folder: Path, out: Path | None = None, console=None) -> dict:
     export.check_writable(out)
     setting_keys, family_keys = label_runs(runs)
     runs.sort(key=lambda run: (run["dataset"], run["latent_dim"], run["setting"],
-                               FAMILY_ORDER.get(run["family"], 9), run["variant"], run["seed"], run["path"]))
+                               family_order(run["family"]), run["variant"], run["seed"], run["path"]))
     groups = make_groups(runs)
     verdict_text = verdict(groups)
-    export.write_csv(out / "summary.csv", summary_rows(runs, varying([run["config"] for run in runs], config_keys(runs))))
+    varying_keys = varying([run["config"] for run in runs], config_keys(runs))
+    export.write_csv(out / "summary.csv", summary_rows(runs, varying_keys))
     write_plots(runs, groups, out)
-    markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys, verdict_text, out)
+    markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys, verdict_text)
     export.atomic_write(out / "report.md", markdown.encode())
 
     console = console or get_console()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from vae_compare import UserError
+
 log = logging.getLogger(__name__)
 FAILED_JOBS = []
 
@@ -20,5 +22,7 @@ class SweepCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         FAILED_JOBS.extend(path.read_text().strip() for path in sorted(sweep_dir.glob(f"*/{FAILED_FILE}")))
-        if any(sweep_dir.glob("*/summary.json")):
+        try:
             build_report(sweep_dir)
+        except UserError as error:  # no finished job, or an unwritable folder: the jobs' results stand
+            log.error("no sweep report: %s", error)

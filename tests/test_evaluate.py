@@ -1,0 +1,328 @@
+"""Check the evaluation code against references the tests compute themselves.
+
+The central check: on a VAE with a 1-D or 2-D latent space, log p(x) can be computed almost exactly by
+integrating p(x|z) p(z) over a dense grid, so the importance-sampled estimate must land on it.
+"""
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vae_compare import evaluate
+from vae_compare.data import Split
+from vae_compare.model import VAE
+
+torch.set_num_threads(2)
+
+NUM_IMAGES = 8
+# The IWAE estimate has a relative standard error of std(w) / (mean(w) sqrt(k)) per image. On these models
+# it was measured at <= 0.017 nats for k = 10000 (and k = 200000 brought every error under 0.005, so the
+# estimator converges to the grid value), so 0.1 nats is about 6 standard errors: safe against sampling
+# noise, yet several times smaller than the ELBO's gap (>= 0.35 nats below), so an estimator that only
+# returned the ELBO, dropped the prior or q, or mis-normalised by k would fail.
+IWAE_SAMPLES = 10000
+IWAE_TOLERANCE = 0.1
+
+
+def tiny_vae(latent_dim, family, rank=0, seed=0, offdiag_init="default"):
+    """A random VAE whose exact posterior is broad enough for a grid and a wider q to cover it.
+
+    The decoder's output weights are shrunk so log p(x|z) changes by a few nats over the prior's range
+    (a sharp posterior would need a far finer grid); the encoder's head is shrunk towards q = N(small, I)
+    and its log-variance raised by 1, so q is wider than the true posterior and the importance weights
+    are bounded. q still differs enough from the posterior that ELBO < log p(x) by a clear margin.
+    """
+    torch.manual_seed(seed)
+    model = VAE(latent_dim, [16], "tanh", family, rank, offdiag_init=offdiag_init)
+    with torch.no_grad():
+        model.decoder[-1].weight.mul_(0.3)
+        model.encoder[-1].weight.mul_(0.1)
+        model.encoder[-1].bias[latent_dim:2 * latent_dim] += 1.0
+    return model
+
+
+def random_images(count=NUM_IMAGES, seed=1, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.full((count, 784), 0.5, dtype=dtype), generator=generator)
+
+
+def grid_log_px(model, pixels):
+    """log p(x) = log integral p(x|z) p(z) dz by a Riemann sum on a dense grid, in float64.
+
+    The integrand is smooth and negligible at the edges, so the sum converges very fast (doubling the
+    grid density and range changed these values by < 1e-10).
+    """
+    decoder = copy.deepcopy(model.decoder).double()
+    if model.latent_dim == 1:
+        grid = torch.linspace(-8, 8, 4001, dtype=torch.float64)[:, None]
+        cell = 16 / 4000
+    else:
+        ticks = torch.linspace(-7, 7, 301, dtype=torch.float64)
+        grid = torch.cartesian_prod(ticks, ticks)
+        cell = (14 / 300) ** 2
+    x = pixels.double()
+    log_joint = []
+    with torch.no_grad():
+        for points in grid.split(20000):
+            logits = decoder(points)
+            # Bernoulli log-likelihood for every (image, grid point) pair: x . logits - sum softplus(logits)
+            log_lik = x @ logits.T - F.softplus(logits).sum(-1)
+            log_prior = -0.5 * points.square().sum(-1) - 0.5 * points.shape[-1] * math.log(2 * math.pi)
+            log_joint.append(log_lik + log_prior)
+    return torch.logsumexp(torch.cat(log_joint, 1), 1) + math.log(cell)
+
+
+def exact_elbo(model, pixels, num_samples=20000):
+    """E_q[log p(x|z)] - KL(q || p), with the KL in closed form (independent of rsample's log q)."""
+    with torch.no_grad():
+        q = model.posterior(pixels)
+        z, _ = q.rsample(num_samples)
+        return (model.log_likelihood(pixels, z).double().mean(0) - q.kl_to_standard_normal().double())
+
+
+CASES = [(1, "diag", 0), (1, "lowrank", 1), (2, "diag", 0), (2, "cholesky", 0), (2, "lowrank", 1)]
+
+
+@pytest.mark.parametrize("latent_dim,family,rank", CASES)
+def test_iwae_matches_grid_integration(latent_dim, family, rank):
+    model = tiny_vae(latent_dim, family, rank)
+    split = Split(random_images())
+    truth = grid_log_px(model, split.pixels)
+    elbo = exact_elbo(model, split.pixels)
+    torch.manual_seed(2)
+    estimate = evaluate.iwae_log_px(model, split, IWAE_SAMPLES).double()
+
+    assert estimate.shape == (NUM_IMAGES,)
+    # the test only has power if the ELBO is clearly below log p(x)
+    assert (truth - elbo).min() > 3 * IWAE_TOLERANCE
+    assert (estimate - truth).abs().max() < IWAE_TOLERANCE
+    assert (estimate >= elbo).all()
+
+
+@pytest.mark.parametrize("latent_dim,family,rank", [(1, "diag", 0), (2, "cholesky", 0), (2, "lowrank", 1)])
+def test_iwae_increases_with_k_and_k1_is_the_elbo(latent_dim, family, rank):
+    model = tiny_vae(latent_dim, family, rank)
+    pixels = random_images()
+    elbo = exact_elbo(model, pixels)
+    repeats = 250
+    # k = 1 is a single-sample ELBO estimate: averaged over many copies of each image it must be the ELBO
+    torch.manual_seed(3)
+    single = evaluate.iwae_log_px(model, Split(pixels.repeat(repeats, 1)), 1).double().view(repeats, NUM_IMAGES)
+    standard_error = single.std(0) / math.sqrt(repeats)
+    assert ((single.mean(0) - elbo).abs() < 5 * standard_error + 1e-3).all()
+
+    torch.manual_seed(4)
+    means = [evaluate.iwae_log_px(model, Split(pixels), k).double().mean().item() for k in (10, 100, 3000)]
+    # E[log p_k] increases with k; the steps here are far larger than the estimates' noise
+    assert elbo.mean().item() < means[0] < means[1] < means[2]
+
+
+class ReplayPosterior:
+    """A posterior whose rsample hands out fixed noise in order, so results cannot depend on the RNG."""
+
+    def __init__(self, q, noise):
+        self.q, self.noise, self.used = q, noise, 0
+        self.mean = q.mean
+
+    def rsample(self, num_samples):
+        eps = self.noise[self.used:self.used + num_samples]
+        assert eps.shape[0] == num_samples, "iwae_log_px asked for more samples than num_samples"
+        self.used += num_samples
+        z = self.q.noise_to_z(eps)
+        return z, self.q.log_prob(z)
+
+
+def replay(model, noise):
+    """Make model.posterior serve the rows of noise (k, N, d) that belong to each image batch in turn."""
+    served = 0
+    posterior = model.posterior
+
+    def replaying_posterior(x):
+        nonlocal served
+        rows = slice(served, served + x.shape[0])
+        served += x.shape[0]
+        return ReplayPosterior(posterior(x), noise[:, rows])
+
+    model.posterior = replaying_posterior
+
+
+@pytest.mark.parametrize("family", ["diag", "cholesky"])
+def test_chunking_and_batching_give_the_same_numbers_for_the_same_noise(family):
+    num_samples = 500
+    model = tiny_vae(2, family).double()
+    pixels = random_images(dtype=torch.float64)
+    torch.manual_seed(5)
+    noise = torch.randn(num_samples, NUM_IMAGES, 2, dtype=torch.float64)
+    with torch.no_grad():
+        q = model.posterior(pixels)
+        z = q.noise_to_z(noise)
+        log_w = model.log_likelihood(pixels, z) + evaluate.standard_normal_log_prob(z) - q.log_prob(z)
+        reference = torch.logsumexp(log_w, 0) - math.log(num_samples)
+        first_sample_only = log_w[0]
+
+    for chunk_size in (1, 7, None, num_samples, 10 * num_samples):
+        for batch_size in (3, None):
+            replay(model, noise)
+            estimate = evaluate.iwae_log_px(model, Split(pixels), num_samples, chunk_size, batch_size)
+            torch.testing.assert_close(estimate, reference, rtol=0, atol=1e-9)
+    # k = 1 is exactly log p(x|z) + log p(z) - log q(z) at the one sample
+    replay(model, noise)
+    torch.testing.assert_close(evaluate.iwae_log_px(model, Split(pixels), 1), first_sample_only, rtol=0, atol=1e-9)
+
+
+def test_chunk_sizes_agree_with_real_sampling():
+    model = tiny_vae(2, "cholesky")
+    split = Split(random_images())
+    estimates = {}
+    for seed, chunk_size in enumerate((1, 7, None)):
+        torch.manual_seed(10 + seed)
+        estimates[chunk_size] = evaluate.iwae_log_px(model, split, 2000, chunk_size=chunk_size)
+    # per-image standard error at k = 2000 is about 0.02-0.04 nats; the mean over 8 images is tighter
+    for chunk_size in (1, 7):
+        difference = estimates[chunk_size] - estimates[None]
+        assert difference.abs().max() < 0.2
+        assert difference.mean().abs() < 0.06
+
+
+def test_default_chunk_size_respects_the_budget():
+    model = VAE(2, [16, 1000], "relu", "diag")
+    widest = 1000  # the decoder's layers are 2 -> 1000 -> 16 -> 784
+    for batch_size in (1, 100, 10 ** 6):
+        chunk = evaluate.default_chunk_size(model, batch_size)
+        assert chunk >= 1
+        assert chunk == 1 or chunk * batch_size * widest <= evaluate.DECODER_ELEMENT_BUDGET
+        assert (chunk + 1) * batch_size * widest > evaluate.DECODER_ELEMENT_BUDGET
+
+
+def test_iwae_with_progress_bar_and_bad_k():
+    model = tiny_vae(1, "diag")
+    split = Split(random_images(5))
+    torch.manual_seed(0)
+    values = evaluate.iwae_log_px(model, split, 3, batch_size=2, show_progress=True)
+    assert values.shape == (5,) and torch.isfinite(values).all()
+    with pytest.raises(ValueError):
+        evaluate.iwae_log_px(model, split, 0)
+
+
+def test_summarize_log_px():
+    mean, stderr = evaluate.summarize_log_px(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == pytest.approx(2.5)
+    assert stderr == pytest.approx(math.sqrt(5 / 3) / 2)  # sample std sqrt(5/3), over sqrt(4)
+    assert evaluate.summarize_log_px(torch.tensor([-90.0])) == (pytest.approx(-90.0), 0.0)
+
+
+def test_active_units_counts_dimensions_with_varying_posterior_mean():
+    torch.manual_seed(0)
+    latent_dim = 5
+    model = VAE(latent_dim, [32], "tanh", "diag")
+    head = model.encoder[-1]
+    inactive = [1, 3]
+    with torch.no_grad():
+        head.weight[:latent_dim].mul_(5.0)
+        # zero weights leave the mean at the bias for every image: a constant, exactly zero variance
+        head.weight[inactive].zero_()
+    split = Split(random_images(64))
+    with torch.no_grad():
+        variance = model.posterior(split.pixels).mean.var(0, correction=0)
+    active = [i for i in range(latent_dim) if i not in inactive]
+    assert (variance[active] > 0.05).all() and (variance[inactive] == 0).all()
+
+    assert evaluate.active_units(model, split) == latent_dim - len(inactive)
+    assert evaluate.active_units(model, split, batch_size=10) == latent_dim - len(inactive)
+    assert evaluate.active_units(model, split, threshold=variance.max().item() + 1) == 0
+    # the threshold is strict: exactly one unit exceeds the second-largest variance
+    second_largest = variance.sort().values[-2].item()
+    assert evaluate.active_units(model, split, threshold=second_largest) == 1
+
+
+def independent_diagnostics(model, pixels, max_images):
+    """The three diagnostics image by image from q.covariance(), with different formulas from evaluate's."""
+    with torch.no_grad():
+        covariances = model.posterior(pixels).covariance().double()
+    corr, gaps, conds = [], [], []
+    for cov in covariances:
+        d = cov.shape[0]
+        pairs = [(i, j) for i in range(d) for j in range(d) if i != j]
+        corr.append(sum(abs(cov[i, j] / math.sqrt(cov[i, i] * cov[j, j])) for i, j in pairs) / len(pairs) if pairs else 0.0)
+        gaps.append(0.5 * (cov.diagonal().log().sum() - torch.linalg.slogdet(cov).logabsdet).item())
+        conds.append(torch.linalg.cond(cov).item())
+    return (sum(corr) / len(corr), sum(gaps) / len(gaps), torch.tensor(conds[:max_images]).median().item())
+
+
+def test_diagnostics_of_a_diagonal_posterior_are_trivial():
+    model = tiny_vae(3, "diag")
+    split = Split(random_images(20))
+    result = evaluate.posterior_diagnostics(model, split, batch_size=6)
+    assert result["offdiag_corr"] == 0.0
+    assert abs(result["logdet_gap"]) < 1e-6
+    with torch.no_grad():
+        variances = model.posterior(split.pixels).variances().double()
+    expected_condition = (variances.max(-1).values / variances.min(-1).values).median().item()
+    assert result["condition_number"] == pytest.approx(expected_condition, rel=1e-6)
+    assert result["condition_number"] >= 1
+
+
+@pytest.mark.parametrize("family,rank", [("cholesky", 0), ("lowrank", 1)])
+def test_diagnostics_of_a_correlated_posterior(family, rank, monkeypatch):
+    torch.manual_seed(0)
+    model = VAE(3, [16], "tanh", family, rank, offdiag_init="default", offdiag_scale=1.0)
+    split = Split(random_images(12))
+    # the condition number uses a leading subset of images; make it cross a batch boundary
+    monkeypatch.setattr(evaluate, "CONDITION_NUMBER_IMAGES", 7)
+    result = evaluate.posterior_diagnostics(model, split, batch_size=5)
+    corr, gap, cond = independent_diagnostics(model, split.pixels, 7)
+    assert result["offdiag_corr"] > 0.01
+    assert result["logdet_gap"] > 0.001
+    assert result["offdiag_corr"] == pytest.approx(corr, rel=1e-5)
+    # q.log_det_cov (closed form) against slogdet of the float32 covariance: float32 rounding only
+    assert result["logdet_gap"] == pytest.approx(gap, rel=1e-3, abs=1e-5)
+    assert result["condition_number"] == pytest.approx(cond, rel=1e-4)
+    assert result["condition_number"] >= 1
+
+
+def test_diagnostics_with_one_latent_dimension():
+    model = tiny_vae(1, "cholesky")
+    result = evaluate.posterior_diagnostics(model, Split(random_images()))
+    assert result == {"offdiag_corr": 0.0, "logdet_gap": pytest.approx(0.0, abs=1e-6), "condition_number": 1.0}
+
+
+FINAL_KEYS = {"elbo", "kl", "recon", "log_px", "log_px_stderr", "iwae_samples", "iwae_seconds", "active_units",
+              "offdiag_corr", "logdet_gap", "condition_number"}
+
+
+def final_metrics_check(device):
+    torch.manual_seed(0)
+    model = VAE(3, [16], "tanh", "lowrank", 1, offdiag_init="default").to(device)
+    split = Split(random_images(10).to(device))
+    eval_cfg = SimpleNamespace(iwae_samples=20, chunk_size=None, active_threshold=0.01)
+    metrics = evaluate.final_metrics(model, split, eval_cfg, batch_size=4)
+    assert set(metrics) == FINAL_KEYS
+    for key, value in metrics.items():
+        assert type(value) in (int, float), key
+        assert math.isfinite(value), key
+    assert metrics["iwae_samples"] == 20 and type(metrics["iwae_samples"]) is int
+    assert type(metrics["active_units"]) is int and 0 <= metrics["active_units"] <= 3
+    assert metrics["elbo"] == pytest.approx(-(metrics["kl"] + metrics["recon"]))
+    assert metrics["iwae_seconds"] > 0 and metrics["log_px_stderr"] > 0
+    assert metrics["condition_number"] >= 1 and metrics["logdet_gap"] > 0
+    return metrics
+
+
+def test_final_metrics_returns_every_key_as_a_finite_number():
+    final_metrics_check("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_final_metrics_and_iwae_on_cuda():
+    final_metrics_check("cuda")
+    model = tiny_vae(2, "cholesky")
+    pixels = random_images()
+    truth = grid_log_px(model, pixels)
+    torch.manual_seed(2)
+    estimate = evaluate.iwae_log_px(model.cuda(), Split(pixels.cuda()), IWAE_SAMPLES)
+    assert estimate.device.type == "cuda"
+    assert (estimate.double().cpu() - truth).abs().max() < IWAE_TOLERANCE

@@ -1,0 +1,98 @@
+"""Sweeps: the joblib launcher for real, the report on its folder, reruns that finish only missing jobs,
+failing jobs that do not stop the others, TensorBoard hparams, equal-budget runs, cluster launchers."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import CLI, TINY, run_cli
+from vae_compare.cli import compose
+from vae_compare.model import hidden_matching, parameter_counts
+
+pytestmark = pytest.mark.usefixtures("real_data")
+
+SWEEP = ["-m", "hydra/launcher=joblib", "family=diag,cholesky", "latent_dim=2,4", "seed=0,1",
+         *(o for o in TINY if not o.startswith("latent_dim="))]
+
+
+def finished(sweep_dir):
+    return {p.parent.name: p.stat().st_mtime_ns for p in sweep_dir.glob("*/summary.json")}
+
+
+def test_joblib_sweep_report_and_rerun_after_interrupt(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["train", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
+    # start the sweep, kill the whole process group once some jobs are done
+    process = subprocess.Popen([str(CLI), *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while not finished(sweep_dir) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = finished(sweep_dir)
+    assert 1 <= len(done_before)
+
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    done_after = finished(sweep_dir)
+    assert len(done_after) == 8
+    # jobs finished before the interrupt were skipped, not redone
+    assert all(done_after[name] == mtime for name, mtime in done_before.items())
+
+    for name in ("summary.csv", "report.md", "log_px_vs_latent_dim.png", "logdet_gap_vs_latent_dim.png",
+                 "head_outputs_vs_latent_dim.png", "seconds_per_epoch_vs_latent_dim.png", "val_elbo_curves.png"):
+        assert (sweep_dir / name).is_file(), name
+    assert len((sweep_dir / "summary.csv").read_text().strip().splitlines()) == 1 + 8
+    report = (sweep_dir / "report.md").read_text()
+    assert "8 finished runs" in report and "cholesky" in report and "gain vs diag" in report
+
+    # every run logs the same hparam keys into its own event files
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for run_dir in (p.parent for p in sweep_dir.glob("*/summary.json")):
+        tags = {value.tag for event_file in run_dir.glob("events.out.tfevents.*")
+                for event in EventFileLoader(str(event_file)).Load() for value in event.summary.value}
+        assert {"_hparams_/experiment", "_hparams_/session_start_info", "hparams/test_log_px", "train/elbo"} <= tags
+
+
+def test_failing_job_is_reported_and_does_not_stop_the_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(["train", "-m", "train.lr=1e12,1e-3", *TINY, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "1 job(s) failed" in last_line and "train.lr=1000000000000.0" in last_line and "non-finite" in last_line
+    assert "Traceback" not in result.stderr
+    summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")]
+    assert [s["config"]["train"]["lr"] for s in summaries] == [1e-3]
+
+
+@pytest.mark.parametrize("own,target", [("diag", "cholesky"), ("diag", "lowrank"), ("cholesky", "diag")])
+@pytest.mark.parametrize("latent_dim", [2, 16, 64])
+def test_match_params_within_one_percent(own, target, latent_dim):
+    rank = 4 if target == "lowrank" else 0
+    goal = sum(parameter_counts(latent_dim, [512, 256], target, rank))
+    hidden = hidden_matching(latent_dim, [512, 256], own, 0, target, rank)
+    assert abs(sum(parameter_counts(latent_dim, hidden, own, 0)) - goal) <= 0.01 * goal
+
+
+def test_matched_run_really_has_the_target_budget(tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [o for o in TINY if o != "latent_dim=4"] + ["latent_dim=16", "model.match_params=cholesky"]
+    result = run_cli(["train", "family=diag", *overrides, "train.epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    params = json.loads((run_dir / "summary.json").read_text())["params"]
+    target = sum(parameter_counts(16, [32], "cholesky", 0))
+    assert params["family"] == "diag" and abs(params["total_params"] - target) <= 0.01 * target
+
+
+@pytest.mark.parametrize("launcher,target", [("submitit_slurm", "SlurmLauncher"), ("submitit_local", "LocalLauncher"),
+                                             ("joblib", "JoblibLauncher")])
+def test_launcher_configs_compose(launcher, target):
+    cfg = compose([f"hydra/launcher={launcher}"], with_hydra=True)
+    assert cfg.hydra.launcher._target_.endswith(target)

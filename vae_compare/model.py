@@ -1,5 +1,7 @@
 """The VAE: an MLP encoder whose head size comes from the posterior family, an MLP Bernoulli decoder."""
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,7 +90,13 @@ def build_hidden(cfg):
     if target is None or target == cfg.family.name:
         return hidden
     target_rank = cfg.model.match_rank if target == "lowrank" else 0
-    return hidden_matching(cfg.latent_dim, hidden, cfg.family.name, cfg.family.rank, target, target_rank)
+    matched = hidden_matching(cfg.latent_dim, hidden, cfg.family.name, cfg.family.rank, target, target_rank)
+    goal = sum(parameter_counts(cfg.latent_dim, hidden, target, target_rank))
+    got = sum(parameter_counts(cfg.latent_dim, matched, cfg.family.name, cfg.family.rank))
+    if abs(got - goal) > 0.01 * goal:
+        logging.getLogger(__name__).warning("model.match_params=%s: integer layer widths reach %d parameters, "
+                                            "%.1f%% from the target %d", target, got, 100 * (got - goal) / goal, goal)
+    return matched
 
 
 def build_model(cfg):

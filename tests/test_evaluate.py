@@ -124,8 +124,9 @@ def test_iwae_increases_with_k_and_k1_is_the_elbo(latent_dim, family, rank):
     # E[estimate] increases with k; measured steps are 0.8 and 0.2-0.35 nats, errors 0.01-0.06
     for step in range(2):
         assert means[step + 1] - means[step] > 3 * math.hypot(errors[step], errors[step + 1])
+    # and on to large k (the k = 10 estimate is still 0.05-0.09 nats below log p(x) on these models)
     large_k = evaluate.iwae_log_px(model, Split(pixels), IWAE_SAMPLES).double().mean().item()
-    assert elbo.mean().item() < means[0] + 4 * errors[0] and means[-1] < large_k
+    assert means[-1] < large_k
 
 
 class ReplayPosterior:
@@ -191,7 +192,8 @@ def test_chunk_sizes_agree_with_real_sampling():
         estimates[chunk_size] = evaluate.iwae_log_px(model, split, 500, chunk_size=chunk_size)
     # The exact check is the replay test above; this one only guards the real sampling path. Per image the
     # standard error at k = 500 is <= 0.08 nats, so a difference of two estimates averaged over 8 images
-    # has a standard deviation of about 0.04; losing or double-counting samples moves it by far more.
+    # has a standard deviation of about 0.04; normalising by the wrong count (chunks, or the chunk size
+    # instead of k) would move it by whole nats.
     for chunk_size in (1, 7):
         difference = estimates[chunk_size] - estimates[None]
         assert difference.abs().max() < 0.5
@@ -237,14 +239,15 @@ def test_active_units_counts_dimensions_with_varying_posterior_mean():
         head.weight[inactive] = 0.0
     split = Split(random_images(64))
     with torch.no_grad():
-        variance = model.posterior(split.pixels).mean.var(0, correction=0)
+        variance = model.posterior(split.pixels).mean.double().var(0, correction=0)
     active = [i for i in range(latent_dim) if i not in inactive]
     assert (variance[active] > 0.05).all() and (variance[inactive] == 0).all()
 
     assert evaluate.active_units(model, split) == latent_dim - len(inactive)
     assert evaluate.active_units(model, split, batch_size=10) == latent_dim - len(inactive)
     assert evaluate.active_units(model, split, threshold=variance.max().item() + 1) == 0
-    # the threshold is strict: exactly one unit exceeds the second-largest variance
+    # the threshold is strict: exactly one unit exceeds the second-largest variance (computed as above in
+    # float64 from the same single batch, so the values are bit-identical)
     second_largest = variance.sort().values[-2].item()
     assert evaluate.active_units(model, split, threshold=second_largest) == 1
 
@@ -257,7 +260,8 @@ def independent_diagnostics(model, pixels, max_images):
     for cov in covariances:
         d = cov.shape[0]
         pairs = [(i, j) for i in range(d) for j in range(d) if i != j]
-        corr.append(sum(abs(cov[i, j].item()) / math.sqrt(cov[i, i] * cov[j, j]) for i, j in pairs) / len(pairs) if pairs else 0.0)
+        correlations = [abs(cov[i, j].item()) / math.sqrt(cov[i, i] * cov[j, j]) for i, j in pairs]
+        corr.append(sum(correlations) / len(pairs) if pairs else 0.0)
         gaps.append(0.5 * (cov.diagonal().log().sum() - torch.linalg.slogdet(cov).logabsdet).item())
         conds.append(torch.linalg.cond(cov).item())
     return (sum(corr) / len(corr), sum(gaps) / len(gaps), torch.tensor(conds[:max_images]).median().item())
@@ -276,17 +280,19 @@ def test_diagnostics_of_a_diagonal_posterior_are_trivial():
     assert result["condition_number"] >= 1
 
 
-@pytest.mark.parametrize("family,rank", [("cholesky", 0), ("lowrank", 1)])
-def test_diagnostics_of_a_correlated_posterior(family, rank, monkeypatch):
+# with offdiag_scale=1 the random low-rank factor is small next to the diagonal (|corr| ~ 0.02), so it is
+# scaled up to give a clearly non-diagonal covariance
+@pytest.mark.parametrize("family,rank,offdiag_scale", [("cholesky", 0, 1.0), ("lowrank", 1, 5.0)])
+def test_diagnostics_of_a_correlated_posterior(family, rank, offdiag_scale, monkeypatch):
     torch.manual_seed(0)
-    model = VAE(3, [16], "tanh", family, rank, offdiag_init="default", offdiag_scale=1.0)
+    model = VAE(3, [16], "tanh", family, rank, offdiag_init="default", offdiag_scale=offdiag_scale)
     split = Split(random_images(12))
     # the condition number uses a leading subset of images; make it cross a batch boundary
     monkeypatch.setattr(evaluate, "CONDITION_NUMBER_IMAGES", 7)
     result = evaluate.posterior_diagnostics(model, split, batch_size=5)
     corr, gap, cond = independent_diagnostics(model, split.pixels, 7)
-    assert result["offdiag_corr"] > 0.01
-    assert result["logdet_gap"] > 0.001
+    assert result["offdiag_corr"] > 0.05
+    assert result["logdet_gap"] > 0.01
     assert result["offdiag_corr"] == pytest.approx(corr, rel=1e-5)
     # q.log_det_cov (closed form) against slogdet of the float32 covariance: float32 rounding only
     assert result["logdet_gap"] == pytest.approx(gap, rel=1e-3, abs=1e-5)

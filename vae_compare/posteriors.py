@@ -50,16 +50,23 @@ class DiagGaussian:
     def variances(self):
         return self.scale.square()
 
+    def noise_dim(self):
+        return self.latent_dim
+
     def noise_to_z(self, eps):
-        """eps (S, B, d) -> z (S, B, d)."""
+        """eps (S, B, noise_dim) -> z (S, B, d)."""
         return self.mean + self.scale * eps
+
+    def log_q_from_noise(self, eps, z):
+        # z = mean + A eps with A square: log q(z) = log N(eps; 0, I) - log |det A|, no solve needed
+        return -0.5 * eps.square().sum(-1) - 0.5 * self.log_det_cov() - 0.5 * self.latent_dim * LOG_2PI
 
     def rsample(self, num_samples):
         """z of shape (S, B, d) and log q(z) of shape (S, B), from the noise that made z."""
-        eps = torch.randn((num_samples,) + self.mean.shape, dtype=self.mean.dtype, device=self.mean.device)
+        shape = (num_samples,) + self.mean.shape[:-1] + (self.noise_dim(),)
+        eps = torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)
         z = self.noise_to_z(eps)
-        log_q = -0.5 * eps.square().sum(-1) - 0.5 * self.log_det_cov() - 0.5 * self.latent_dim * LOG_2PI
-        return z, log_q
+        return z, self.log_q_from_noise(eps, z)
 
     def log_prob(self, z):
         """log q(z) for z of shape (S, B, d) -> (S, B)."""
@@ -145,12 +152,17 @@ class LowRankGaussian(DiagGaussian):
     def variances(self):
         return self.scale.square() + self.factor.square().sum(-1)
 
-    def rsample(self, num_samples):
-        shape = (num_samples,) + self.mean.shape
-        eps_diag = torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)
-        eps_factor = torch.randn(shape[:-1] + (self.rank,), dtype=self.mean.dtype, device=self.mean.device)
-        z = self.mean + self.scale * eps_diag + torch.einsum("bdk,sbk->sbd", self.factor, eps_factor)
-        return z, self.log_prob(z)
+    def noise_dim(self):
+        return self.latent_dim + self.rank
+
+    def noise_to_z(self, eps):
+        # z = mean + D^1/2 eps_d + V eps_k: O(dk) per sample
+        eps_diag, eps_factor = eps.split([self.latent_dim, self.rank], -1)
+        return self.mean + self.scale * eps_diag + torch.einsum("bdk,sbk->sbd", self.factor, eps_factor)
+
+    def log_q_from_noise(self, eps, z):
+        # the map from d + k noise dimensions to d is not invertible: use the Woodbury density of z
+        return self.log_prob(z)
 
     def log_prob(self, z):
         # Woodbury: r^T Sigma^-1 r = r^T D^-1 r - w^T C^-1 w with w = V^T D^-1 r

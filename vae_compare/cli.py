@@ -21,7 +21,7 @@ from rich import get_console
 
 from vae_compare import UserError, data
 from vae_compare.config import validate
-from vae_compare.export import check_writable
+from vae_compare.export import FAILED_FILE, check_writable
 
 USAGE = __doc__.split("\n\n")[1] + """
 
@@ -32,7 +32,6 @@ Examples:
   vae-compare train resume=outputs/runs/<run>
   vae-compare train --help                    config groups and every option
 """
-FAILED_FILE = "failed.txt"
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_FAILED_JOBS = 2, 3, 1
 
 

@@ -16,6 +16,8 @@ import torch
 from vae_compare import UserError
 
 METRICS_FILE, PARAMS_FILE, SUMMARY_FILE = "metrics.csv", "params.csv", "summary.json"
+# A sweep job that failed leaves this file (its overrides and the error) instead of a summary.
+FAILED_FILE = "failed.txt"
 UMASK = os.umask(0)
 os.umask(UMASK)
 

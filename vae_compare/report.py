@@ -25,11 +25,10 @@ from rich import box, get_console
 from rich.table import Table
 
 from vae_compare import UserError, export
-from vae_compare.cli import FAILED_FILE
 from vae_compare.train import read_summary
 
 # A folder holding any of these is a run folder, finished or not (params.csv is written before training).
-RUN_MARKERS = {export.SUMMARY_FILE, export.PARAMS_FILE, export.METRICS_FILE, FAILED_FILE}
+RUN_MARKERS = {export.SUMMARY_FILE, export.PARAMS_FILE, export.METRICS_FILE, export.FAILED_FILE}
 # Config values that do not change results: they never split groups (but still go into summary.csv).
 NON_RESULT_KEYS = {"data.root", "device", "resume", "train.threads", "train.log_every", "train.image_every",
                    "eval.chunk_size"}
@@ -340,7 +339,7 @@ def group_table(groups):
             row["variant"], str(row["n"]), plus_minus(row["log_px_mean"], row["log_px_std"]),
             plus_minus(row["elbo_mean"], row["elbo_std"]), gain_text(row), f"{row['head_outputs_mean']:,.0f}",
             f"{row['total_params_mean']:,.0f}", f"{row['seconds_per_epoch_mean']:.2f}",
-            f"{row['active_units_mean']:.1f}", f"{row['logdet_gap_mean']:.3g}"])
+            f"{row['active_units_mean']:.1f}", f"{row['logdet_gap_mean']:.3f}"])
     return header, rows
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from vae_compare import UserError
+from vae_compare.export import FAILED_FILE
 
 log = logging.getLogger(__name__)
 FAILED_JOBS = []
@@ -17,7 +18,6 @@ FAILED_JOBS = []
 
 class SweepCallback(Callback):
     def on_multirun_end(self, config, **kwargs):
-        from vae_compare.cli import FAILED_FILE
         from vae_compare.report import build_report
 
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -1,0 +1,89 @@
+"""Data loading through the user's code path: the real idx files, validation of bad files, splits, binarization."""
+
+import gzip
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import MNIST
+from vae_compare import UserError, data
+
+pytestmark = pytest.mark.usefixtures("real_data")
+
+
+def data_cfg(**overrides):
+    cfg = {"name": "mnist", "root": str(MNIST), "binarize": "dynamic", "val_size": 10000, "train_size": None,
+           "test_size": None, "eval_binarize_seed": 1234}
+    return OmegaConf.create({**cfg, **overrides})
+
+
+@pytest.fixture(scope="module")
+def full_load():
+    return data.load(data_cfg(), seed=0, device=torch.device("cpu"))
+
+
+def test_real_mnist_splits_and_pixels(full_load):
+    folder, train, val, test = full_load
+    assert folder == MNIST
+    assert (len(train), len(val), len(test)) == (50000, 10000, 10000)
+    # the published mean training pixel is 33.318 / 255 over all 60,000 images
+    images = data.read_idx(MNIST / "train-images-idx3-ubyte.gz", data.IMAGE_MAGIC, 60000)
+    assert abs(images.mean() - 33.318) < 0.01
+    assert torch.equal(train.pixels, torch.from_numpy(images[:50000].reshape(50000, -1).copy()).float() / 255)
+    # validation and test are one fixed binary draw
+    assert set(val.pixels.unique().tolist()) == {0.0, 1.0} and set(test.pixels.unique().tolist()) == {0.0, 1.0}
+
+
+def test_dynamic_binarization_is_fresh_each_epoch_and_repeatable(full_load):
+    _, train, _, _ = full_load
+    _, first, _ = next(train.epoch_batches(0, 256))
+    _, again, _ = next(train.epoch_batches(0, 256))
+    _, other_epoch, _ = next(train.epoch_batches(1, 256))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other_epoch)
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+
+
+def test_epoch_resumes_mid_way_with_the_same_batches(full_load):
+    _, train, _, _ = full_load
+    uninterrupted = [batch for _, batch, _ in train.epoch_batches(3, 4096)]
+    batches = train.epoch_batches(3, 4096)
+    for _ in range(5):
+        step, _, generator = next(batches)
+    resumed = [batch for _, batch, _ in train.epoch_batches(3, 4096, step + 1, generator.get_state())]
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted[5:], resumed, strict=True))
+
+
+@pytest.mark.parametrize("mode", ["static", "none"])
+def test_static_and_grey_levels(mode):
+    _, train, _, test = data.load(data_cfg(binarize=mode, train_size=1000, test_size=100), 0, torch.device("cpu"))
+    _, batch_a, _ = next(train.epoch_batches(0, 1000))
+    _, batch_b, _ = next(train.epoch_batches(1, 1000))
+    assert torch.allclose(batch_a.sum(0), batch_b.sum(0))  # the same images every epoch, only shuffled
+    binary = set(batch_a.unique().tolist()) == {0.0, 1.0}
+    assert binary == (mode == "static")
+    assert (set(test.pixels.unique().tolist()) == {0.0, 1.0}) == (mode == "static")
+
+
+def test_plain_idx_files_work_too(tmp_path):
+    for stem in data.FILES.values():
+        (tmp_path / stem).write_bytes(gzip.decompress((MNIST / f"{stem}.gz").read_bytes()))
+    assert data.locate("mnist", str(tmp_path)) == tmp_path
+    assert data.read_idx(tmp_path / data.FILES["test_images"], data.IMAGE_MAGIC, 10000).shape == (10000, 28, 28)
+
+
+def test_wrong_kind_of_idx_file_is_named(tmp_path):
+    labels = tmp_path / "labels.gz"
+    labels.write_bytes((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    with pytest.raises(UserError, match="magic 2049, expected 2051"):
+        data.read_idx(labels, data.IMAGE_MAGIC, 10000)
+    with pytest.raises(UserError, match=r"has shape \(10000, 28, 28\), expected \(60000, 28, 28\)"):
+        data.read_idx(MNIST / "t10k-images-idx3-ubyte.gz", data.IMAGE_MAGIC, 60000)
+
+
+def test_environment_variable_and_missing_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, str(MNIST.parent))
+    assert data.locate("mnist", None) == MNIST
+    with pytest.raises(UserError, match="lacks"):
+        data.locate("mnist", str(tmp_path))

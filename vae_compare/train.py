@@ -164,11 +164,11 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.epoch)
         steps = self.train_data.steps_per_epoch(cfg.batch_size)
-        partial = self.partial or {"sums": torch.zeros(3), "images": 0, "seconds": 0.0, "generator": None}
-        sums = partial["sums"].to(self.device)  # recon, kl, and non-finite steps seen, on the device
+        partial = self.partial or {"sums": torch.zeros(2), "images": 0, "seconds": 0.0, "generator": None}
+        sums = partial["sums"].to(self.device)  # summed recon and kl, kept on the device: no sync per step
         first_bad_step = torch.tensor(-1, device=self.device)
         images, seconds_before = partial["images"], partial["seconds"]
-        params = [p for p in model.parameters()]
+        params = list(model.parameters())
         progress.reset(task, total=steps, completed=self.step,
                        description=f"epoch {self.epoch + 1}/{cfg.epochs}")
         model.train()
@@ -184,7 +184,7 @@ class Run:
             finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
             first_bad_step = torch.where((first_bad_step < 0) & ~finite, step, first_bad_step)
             self.optimizer.step()
-            sums += torch.stack((recon.detach().sum(), kl.detach().sum(), (~finite).float()))
+            sums += torch.stack((recon.detach().sum(), kl.detach().sum()))
             images += batch.shape[0]
             self.step = step + 1
             if self.step % self.cfg.train.log_every == 0 or self.step == steps:
@@ -203,7 +203,7 @@ class Run:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = seconds_before + time.perf_counter() - started
-        recon, kl, _ = (sums / images).tolist()
+        recon, kl = (sums / images).tolist()
         return {"elbo": -(recon + kl), "kl": kl, "recon": recon, "seconds": seconds, "images_per_second": images / seconds}
 
     def last_good(self):

@@ -30,7 +30,7 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import distributions as D, nn
 
-from vae_compare import UserError, data
+from vae_compare import UserError, data, evaluate
 from vae_compare.cli import compose
 from vae_compare.model import IMAGE_SIZE, build_model
 from vae_compare.posteriors import FAMILIES
@@ -299,8 +299,7 @@ def posterior_inputs(family, d, device):
 
 def ours_loss(family, mean, scale, offdiag):
     q = FAMILIES[family](mean, scale, offdiag)
-    z, _ = q.rsample(1)
-    return z.sum() + q.kl_to_standard_normal().sum()
+    return q.rsample_z(1).sum() + q.kl_to_standard_normal().sum()
 
 
 def lower_triangular(scale, offdiag):
@@ -373,13 +372,12 @@ def matmul(rows, inner, cols, device):
 def section_d(args, device, pixels, b_rows):
     """IWAE evaluation (evaluate.iwae_log_px, 100 test images; FLOPs = 2 in out per decoder Linear per
     sample) and torch.mm of a square shape and of the IWAE decoder's widest layer, timed in turn."""
-    from vae_compare import evaluate  # imported here: the module may be mid-edit by another writer
 
     model = training_model("diag", 16, device).eval()
     split = data.Split(pixels[-100:])
     samples = 100 if args.quick else 1000
     sizes = [m.in_features for m in model.decoder if isinstance(m, nn.Linear)] + [IMAGE_SIZE]
-    chunk = min(samples, evaluate.default_chunk_size(model, evaluate.IWAE_BATCH_SIZE))
+    chunk = min(samples, evaluate.default_chunk_size(model, evaluate.IWAE_BATCH_SIZE, device))
     square = 1024 if args.quick else 2048
     m, k, n = chunk * len(split), sizes[-2], sizes[-1]
     iwae_name = f"IWAE iwae_log_px, 100 images, k={samples}"

@@ -203,11 +203,13 @@ def test_chunk_sizes_agree_with_real_sampling():
 def test_default_chunk_size_respects_the_budget():
     model = VAE(2, [16, 1000], "relu", "diag")
     widest = 1000  # the decoder's layers are 2 -> 1000 -> 16 -> 784
-    for batch_size in (1, 100, 10 ** 6):
-        chunk = evaluate.default_chunk_size(model, batch_size)
-        assert chunk >= 1
-        assert chunk == 1 or chunk * batch_size * widest <= evaluate.DECODER_ELEMENT_BUDGET
-        assert (chunk + 1) * batch_size * widest > evaluate.DECODER_ELEMENT_BUDGET
+    for device in ("cpu", "cuda"):
+        budget = evaluate.DECODER_ELEMENT_BUDGET[device]
+        for batch_size in (1, 100, 10 ** 6):
+            chunk = evaluate.default_chunk_size(model, batch_size, torch.device(device))
+            assert chunk >= 1
+            assert chunk == 1 or chunk * batch_size * widest <= budget
+            assert (chunk + 1) * batch_size * widest > budget
 
 
 def test_iwae_with_progress_bar_and_bad_k():

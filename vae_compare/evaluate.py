@@ -24,9 +24,11 @@ def elbo_terms(model, split, batch_size=1000):
     return {"elbo": -(recon + kl), "kl": kl, "recon": recon}
 
 
-# Floats in the decoder's widest activation per call when chunk_size is None: 2^24 float32 values are
-# 64 MiB per tensor, and a decoder call holds a few tensors of that size (logits, the loss terms).
-DECODER_ELEMENT_BUDGET = 2 ** 24
+# Floats in the decoder's widest activation per call when chunk_size is None. On a GPU, 2^24 float32
+# values (64 MiB per tensor) keep the device busy. On a CPU the elementwise passes (log-sigmoid, ReLU)
+# must stay in cache: 2^20 (4 MiB) ran the IWAE pass at 79% of the matmul rate against 48% with 2^24
+# (scripts/bench.py, README "Speed").
+DECODER_ELEMENT_BUDGET = {"cuda": 2 ** 24, "cpu": 2 ** 20}
 IWAE_BATCH_SIZE = 100
 # The condition number is computed on the first this-many images only: an eigendecomposition per image
 # of a 10000-image test set costs more than it tells, and the median over 2000 images is stable.
@@ -38,10 +40,11 @@ def standard_normal_log_prob(z):
     return -0.5 * z.square().sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
 
 
-def default_chunk_size(model, batch_size):
+def default_chunk_size(model, batch_size, device):
     """Samples per decoder call so that (samples x images x widest decoder layer) stays near the budget."""
     widest = max(layer.out_features for layer in model.decoder if isinstance(layer, nn.Linear))
-    return max(1, DECODER_ELEMENT_BUDGET // (batch_size * widest))
+    budget = DECODER_ELEMENT_BUDGET.get(device.type, DECODER_ELEMENT_BUDGET["cpu"])
+    return max(1, budget // (batch_size * widest))
 
 
 @torch.no_grad()
@@ -54,7 +57,7 @@ def iwae_log_px(model, split, num_samples, chunk_size=None, batch_size=None, sho
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     batch_size = batch_size or IWAE_BATCH_SIZE
-    chunk_size = chunk_size or default_chunk_size(model, batch_size)
+    chunk_size = chunk_size or default_chunk_size(model, batch_size, split.pixels.device)
     estimates = []
     # a disabled Progress draws nothing, so one code path serves both cases
     with Progress(transient=False, disable=not show_progress) as progress:

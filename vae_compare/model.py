@@ -79,8 +79,8 @@ class VAE(nn.Module):
     def forward(self, x):
         """Per-image reconstruction term -log p(x|z) (one sample) and KL(q(z|x) || N(0, I)), in nats."""
         q = self.posterior(x)
-        z, _ = q.rsample(1)
-        return -self.log_likelihood(x, z[0]), q.kl_to_standard_normal()
+        z = q.rsample_z(1)[0]
+        return -self.log_likelihood(x, z), q.kl_to_standard_normal()
 
 
 def build_hidden(cfg):

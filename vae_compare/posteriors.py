@@ -61,10 +61,17 @@ class DiagGaussian:
         # z = mean + A eps with A square: log q(z) = log N(eps; 0, I) - log |det A|, no solve needed
         return -0.5 * eps.square().sum(-1) - 0.5 * self.log_det_cov() - 0.5 * self.latent_dim * LOG_2PI
 
+    def noise(self, num_samples):
+        shape = (num_samples,) + self.mean.shape[:-1] + (self.noise_dim(),)
+        return torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)
+
+    def rsample_z(self, num_samples):
+        """Reparameterised z of shape (S, B, d), without log q (training needs only z)."""
+        return self.noise_to_z(self.noise(num_samples))
+
     def rsample(self, num_samples):
         """z of shape (S, B, d) and log q(z) of shape (S, B), from the noise that made z."""
-        shape = (num_samples,) + self.mean.shape[:-1] + (self.noise_dim(),)
-        eps = torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)
+        eps = self.noise(num_samples)
         z = self.noise_to_z(eps)
         return z, self.log_q_from_noise(eps, z)
 
@@ -74,7 +81,7 @@ class DiagGaussian:
         return -0.5 * whitened.square().sum(-1) - 0.5 * self.log_det_cov() - 0.5 * self.latent_dim * LOG_2PI
 
     def kl_to_standard_normal(self):
-        return 0.5 * (self.variances().sum(-1) + self.mean.square().sum(-1) - self.latent_dim - self.log_det_cov())
+        return 0.5 * (self.scale.square() + self.mean.square() - 1).sum(-1) - self.scale.log().sum(-1)
 
     def covariance(self):
         return torch.diag_embed(self.variances())
@@ -97,16 +104,22 @@ class CholeskyGaussian(DiagGaussian):
         super().__init__(mean, scale)
         self.offdiag = offdiag
         d = self.latent_dim
-        rows, cols = torch.tril_indices(d, d, offset=-1, device=mean.device)
-        strictly_lower = mean.new_zeros(mean.shape + (d,))
-        strictly_lower[..., rows, cols] = offdiag
-        self.scale_tril = strictly_lower + torch.diag_embed(scale)
+        self.rows, self.cols = torch.tril_indices(d, d, offset=-1, device=mean.device)
+
+    @property
+    def scale_tril(self):
+        """The dense factor L (B, d, d), built only where a method needs the matrix itself."""
+        strictly_lower = self.mean.new_zeros(self.mean.shape + (self.latent_dim,))
+        strictly_lower[..., self.rows, self.cols] = self.offdiag
+        return strictly_lower + torch.diag_embed(self.scale)
 
     def variances(self):
-        return self.scale_tril.square().sum(-1)
+        return self.scale.square() + self.scale.new_zeros(self.scale.shape).index_add(-1, self.rows, self.offdiag.square())
 
     def noise_to_z(self, eps):
-        return self.mean + torch.einsum("bij,sbj->sbi", self.scale_tril, eps)
+        # L eps from the packed entries, (L eps)_i = scale_i eps_i + sum_{j<i} L_ij eps_j, without building L
+        products = self.offdiag * eps.index_select(-1, self.cols)
+        return (self.mean + self.scale * eps).index_add(-1, self.rows, products)
 
     def log_prob(self, z):
         diff = (z - self.mean).movedim(0, -1)  # (B, d, S): one triangular solve per image for all samples
@@ -119,7 +132,8 @@ class CholeskyGaussian(DiagGaussian):
         return 0.5 * (trace + self.mean.square().sum(-1) - self.latent_dim) - self.scale.log().sum(-1)
 
     def covariance(self):
-        return self.scale_tril @ self.scale_tril.transpose(-1, -2)
+        scale_tril = self.scale_tril
+        return scale_tril @ scale_tril.transpose(-1, -2)
 
 
 class LowRankGaussian(DiagGaussian):

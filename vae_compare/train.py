@@ -112,7 +112,8 @@ class Run:
         self.data_folder, self.train_data, self.val, self.test = data.load(cfg.data, cfg.seed, self.device)
         self.hidden = build_hidden(cfg)
         self.model = build_model(cfg).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate(cfg.train, 0))
+        # fused: one kernel for all parameters; measured 4x faster per Adam step on the CPU (README, Speed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate(cfg.train, 0), fused=True)
         self.metrics = []  # one dict per finished epoch
         self.best = {"val_elbo": -math.inf, "epoch": -1}
         self.epoch, self.step, self.partial = 0, 0, None

@@ -81,7 +81,7 @@ class DiagGaussian:
         return -0.5 * whitened.square().sum(-1) - 0.5 * self.log_det_cov() - 0.5 * self.latent_dim * LOG_2PI
 
     def kl_to_standard_normal(self):
-        return 0.5 * (self.scale.square() + self.mean.square() - 1).sum(-1) - self.scale.log().sum(-1)
+        return (0.5 * (self.scale.square() + self.mean.square() - 1) - self.scale.log()).sum(-1)
 
     def covariance(self):
         return torch.diag_embed(self.variances())

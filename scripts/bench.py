@@ -425,20 +425,15 @@ def targets(results):
             for name, wanted, value, passed, where in checks]
 
 
-def default_data_root():
-    return Path(os.environ.get(data.DATA_ENV) or REPO.parent / "shared" / "data" / "mnist")
-
-
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=default_data_root(),
-                        help="folder with the four MNIST idx files (default: $VAE_COMPARE_DATA or ../shared/data/mnist)")
+    parser.add_argument("--data-root", help="folder with the four MNIST idx files (default: found as "
+                                            "vae-compare finds them: $VAE_COMPARE_DATA, then a download)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: a pass in under a minute")
     parser.add_argument("--repeats", type=int, help="timed runs per figure (default 5, --quick 3)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
-    args.data_root = args.data_root.expanduser().resolve()
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.block_seconds = 0.03 if args.quick else 0.2  # length of one timing of a short call, in b and c
     return args
@@ -448,6 +443,7 @@ def main():
     args = parse_args()
     try:
         device = pick_device(args.device)
+        args.data_root = data.locate("mnist", args.data_root)
         _, images = data.load_arrays("mnist", args.data_root)
     except UserError as error:
         sys.exit(f"bench: {error}")

@@ -3,6 +3,7 @@
 import gzip
 import json
 import shutil
+import subprocess
 
 import pytest
 
@@ -139,3 +140,27 @@ def test_divergence_stops_with_one_line_and_no_results(tmp_path):
     assert "non-finite loss or gradient at epoch" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (run_dir / "summary.json").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 512 KiB file system: room for the run folder's first files, not for a checkpoint."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_full_output_folder(tmp_path, tiny_disk):
+    run_dir = tiny_disk / "run"
+    overrides = [o for o in TINY if o != "model.hidden=[32]"] + ["model.hidden=[256]"]
+    result = run_cli(["train", *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "No space left on device" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (run_dir / "summary.json").exists()
+    assert not list(tiny_disk.rglob(".*.pt.*"))  # no temporary file left behind

@@ -142,17 +142,32 @@ def test_divergence_stops_with_one_line_and_no_results(tmp_path):
     assert not (run_dir / "summary.json").exists()
 
 
+def mount_tmpfs(mount_point, options):
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
+    return mount_point
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 512 KiB file system: room for the run folder's first files, not for a checkpoint."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+    yield mount_tmpfs(tmp_path / "disk", "size=512k")
+    subprocess.run(["umount", str(tmp_path / "disk")], check=True)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A read-only file system (root ignores permission bits, not a read-only mount)."""
+    yield mount_tmpfs(tmp_path / "ro", "size=64k,ro")
+    subprocess.run(["umount", str(tmp_path / "ro")], check=True)
+
+
+def test_read_only_output_folder(tmp_path, read_only_disk):
+    result = run_cli(["train", *TINY, f"hydra.run.dir={read_only_disk}/run"], cwd=tmp_path)
+    assert result.returncode == 2 and "is not writable: Read-only file system" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_full_output_folder(tmp_path, tiny_disk):

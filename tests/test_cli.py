@@ -1,5 +1,6 @@
 """The real command end to end: a training run from another folder, help, and every bad input."""
 
+import csv
 import gzip
 import json
 import shutil
@@ -179,3 +180,18 @@ def test_full_output_folder(tmp_path, tiny_disk):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (run_dir / "summary.json").exists()
     assert not list(tiny_disk.rglob(".*.pt.*"))  # no temporary file left behind
+
+
+def test_evaluate_reruns_the_final_evaluation(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(["train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path).returncode == 0
+    result = run_cli(["evaluate", str(run_dir), "eval.iwae_samples=64"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test"]["iwae_samples"] == 64 and summary["config"]["eval"]["iwae_samples"] == 64
+    with open(run_dir / "final.csv") as f:
+        assert next(csv.DictReader(f))["test_iwae_samples"] == "64"
+    wrong = run_cli(["evaluate", str(run_dir), "family.name=cholesky"], cwd=tmp_path)
+    assert wrong.returncode == 2 and "evaluate takes only" in wrong.stderr
+    missing = run_cli(["evaluate", str(tmp_path / "nothing")], cwd=tmp_path)
+    assert missing.returncode == 2 and "not a trained vae-compare run folder" in missing.stderr

@@ -186,8 +186,12 @@ def train_command(args):
 def evaluate_command(args):
     from vae_compare.train import evaluate_run
 
+    usage = "usage: vae-compare evaluate RUN_FOLDER [eval.iwae_samples=N eval.chunk_size=N device=cpu|cuda data.root=DIR]"
+    if args and args[0] in ("-h", "--help"):
+        print(usage)
+        return
     if not args or args[0].startswith("-"):
-        fail("usage: vae-compare evaluate RUN_FOLDER [eval.iwae_samples=N eval.chunk_size=N device=cpu|cuda]")
+        fail(usage)
     evaluate_run(Path(args[0]), args[1:], get_console())
 
 

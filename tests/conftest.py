@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # The real data: $VAE_COMPARE_DATA, else the shared folder beside the checkout.
-DATA = Path(os.environ.get("VAE_COMPARE_DATA") or REPO.parent / "shared" / "data")
+DATA = Path(os.environ.get("VAE_COMPARE_DATA") or REPO.parent / "shared" / "data").resolve()
 MNIST = DATA / "mnist"
 CLI = Path(sys.executable).parent / "vae-compare"
 

@@ -134,9 +134,11 @@ def test_environment_variable_points_at_data(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["data_folder"] == str(MNIST)
 
 
-def test_divergence_stops_with_one_line_and_no_results(tmp_path):
+@pytest.mark.parametrize("family", ["diag", "lowrank"])
+def test_divergence_stops_with_one_line_and_no_results(tmp_path, family):
     run_dir = tmp_path / "run"
-    result = run_cli(["train", *TINY, "train.lr=1e12", "train.epochs=3", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli(["train", f"family={family}", *TINY, "train.lr=1e12", "train.epochs=3",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 3, result.stderr
     assert "non-finite loss or gradient at epoch" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -195,3 +197,22 @@ def test_evaluate_reruns_the_final_evaluation(tmp_path):
     assert wrong.returncode == 2 and "evaluate takes only" in wrong.stderr
     missing = run_cli(["evaluate", str(tmp_path / "nothing")], cwd=tmp_path)
     assert missing.returncode == 2 and "not a trained vae-compare run folder" in missing.stderr
+
+
+def test_failed_run_leaves_an_existing_folder_alone(tmp_path):
+    folder = tmp_path / "my-results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    # passes the checks before Hydra starts, fails when the data is loaded
+    result = run_cli(["train", *TINY, "data.val_size=60000", f"hydra.run.dir={folder}"], cwd=tmp_path)
+    assert result.returncode == 2 and "leaves no training images" in result.stderr
+    assert (folder / "notes.txt").read_text() == "keep me"
+    assert not (folder / ".hydra").exists()
+
+
+def test_new_run_refuses_a_folder_holding_a_run(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(["train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path).returncode == 0
+    again = run_cli(["train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert again.returncode == 2 and f"resume={run_dir}" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1

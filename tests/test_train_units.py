@@ -1,4 +1,4 @@
-"""Pieces of training that need no subprocess: the learning-rate schedule, the fair start, checkpoints."""
+"""Pieces of training that need no subprocess: the learning-rate schedule and the fair start."""
 
 import pytest
 import torch

@@ -8,12 +8,14 @@ Hydra owns sys.argv, so the subcommand word is removed before Hydra sees the arg
 override is composed and checked before any job starts, so bad input is one line, not a traceback.
 """
 
+import logging
 import os
 import shutil
 import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +23,7 @@ from rich import get_console
 
 from vae_compare import UserError, data
 from vae_compare.config import validate
-from vae_compare.export import FAILED_FILE, check_writable
+from vae_compare.export import CHECKPOINT, FAILED_FILE, check_writable
 
 USAGE = __doc__.split("\n\n")[1] + """
 
@@ -33,6 +35,9 @@ Examples:
   vae-compare train --help                    config groups and every option
 """
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_FAILED_JOBS = 2, 3, 1
+DEFAULT_THREADS = torch.get_num_threads()
+# The number of jobs in this sweep, for the joblib workers' thread count.
+SWEEP_JOBS_ENV = "VAE_COMPARE_SWEEP_JOBS"
 
 
 def fail(message, code=EXIT_USER_ERROR):
@@ -84,6 +89,10 @@ def check_overrides(overrides, multirun):
             validate(cfg)
         except UserError as error:
             fail(f"{error}" + (f" (job: {' '.join(job)})" if multirun and len(jobs) > 1 else ""))
+    os.environ[SWEEP_JOBS_ENV] = str(len(jobs))
+    resuming = configs[0][1].resume is not None
+    if not multirun and not resuming and (Path(output_dir) / CHECKPOINT).exists():
+        fail(f"{output_dir} already holds a run; continue it with: vae-compare train resume={output_dir}")
     try:
         check_writable(Path(output_dir), create=False)
         for cfg in {(cfg.data.name, cfg.data.root): cfg for _, cfg in configs}.values():
@@ -101,8 +110,6 @@ def resume_overrides(overrides):
     folder = Path(value).expanduser().resolve()
     if not folder.is_dir():
         fail(f"resume={value}: no such run folder")
-    from vae_compare.train import CHECKPOINT
-
     if not (folder / CHECKPOINT).exists():
         fail(f"resume={value}: the folder holds no {CHECKPOINT}; nothing to resume")
     saved = OmegaConf.load(folder / ".hydra" / "overrides.yaml") if (folder / ".hydra" / "overrides.yaml").exists() else []
@@ -113,15 +120,17 @@ def resume_overrides(overrides):
 
 # ---- the Hydra app -------------------------------------------------------------------------------
 def torch_threads(cfg):
-    """train.threads, or under the joblib launcher cores / parallel jobs, so jobs do not oversubscribe."""
+    """train.threads; under the joblib launcher cores / jobs running at once, so jobs do not oversubscribe;
+    else torch's default (set every time: the basic launcher runs every job in this one process)."""
     if cfg.train.threads is not None:
         return cfg.train.threads
     launcher = HydraConfig.get().launcher
     if "joblib" not in str(launcher.get("_target_", "")).lower():
-        return None
+        return DEFAULT_THREADS
     cores = os.cpu_count() or 1
-    jobs = launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs
-    return max(1, cores // max(1, jobs))
+    parallel = launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs
+    parallel = min(parallel, int(os.environ.get(SWEEP_JOBS_ENV, parallel)))
+    return max(1, cores // max(1, parallel))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -135,36 +144,47 @@ def hydra_train(cfg: DictConfig):
     (folder / FAILED_FILE).unlink(missing_ok=True)
     try:
         validate(cfg)
-        threads = torch_threads(cfg)
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
+        torch.set_num_threads(torch_threads(cfg))
         train(cfg, folder, get_console())
     except Interrupted as interrupt:
         print(f"vae-compare: interrupted; checkpoint saved. Resume with: vae-compare train resume={folder}",
               file=sys.stderr)
         sys.exit(128 + interrupt.signum)
-    except (UserError, Diverged) as error:
+    except (UserError, Diverged, torch.OutOfMemoryError) as error:
         code = EXIT_DIVERGED if isinstance(error, Diverged) else EXIT_USER_ERROR
         if not multirun:
-            remove_if_empty(folder, cfg)
-            fail(str(error), code)
-        # a failing job must not stop the sweep: record it, the sweep callback reports it at the end
-        message = f"job [{overrides}] failed: {error}"
-        get_console().print(f"[red]vae-compare: {message}[/red]")
-        try:
-            (folder / FAILED_FILE).write_text(message + "\n")
-        except OSError:
-            pass
+            if not (folder / CHECKPOINT).exists():
+                remove_if_empty(folder)
+            fail(str(error).splitlines()[0], code)
+        record_failure(folder, overrides, error)
+    except Exception as error:
+        if not multirun:
+            raise  # a bug: its traceback is what a report needs
+        # a failing job must not stop the sweep, nor lose the other jobs' report
+        logging.getLogger(__name__).exception("job failed")
+        record_failure(folder, overrides, error)
 
 
-def remove_if_empty(folder, cfg):
-    """A run that failed before it saved anything leaves no folder behind (Hydra made it for the log)."""
-    from vae_compare.train import CHECKPOINT
+def record_failure(folder, overrides, error):
+    """Note a failed sweep job in its folder; the sweep callback reports them all at the end."""
+    detail = str(error).splitlines()[0] if str(error) else ""
+    message = f"job [{overrides}] failed: {type(error).__name__ + ': ' if not isinstance(error, UserError) else ''}{detail}"
+    get_console().print(f"[red]vae-compare: {message}[/red]")
+    try:
+        (folder / FAILED_FILE).write_text(message + "\n")
+    except OSError:
+        pass
 
-    if cfg.resume is None and not (folder / CHECKPOINT).exists():
-        shutil.rmtree(folder, ignore_errors=True)
+
+def remove_if_empty(folder):
+    """A run that failed before it saved anything leaves no folder behind: remove what Hydra put there
+    (.hydra/ and the log), then the folder only if nothing else is in it."""
+    shutil.rmtree(folder / ".hydra", ignore_errors=True)
+    (folder / "train.log").unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def train_command(args):
@@ -216,6 +236,9 @@ def main(argv=None):
         command(argv[1:])
     except UserError as error:
         fail(str(error))
+    except KeyboardInterrupt:  # outside training (which checkpoints first): nothing to save
+        print("vae-compare: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,9 @@
 from omegaconf import DictConfig, OmegaConf
 
 from vae_compare import UserError
+from vae_compare.data import DATASETS
+from vae_compare.model import ACTIVATIONS
 from vae_compare.posteriors import FAMILIES
-
-DATASETS = ("mnist", "fashion_mnist")
-ACTIVATIONS = ("relu", "tanh", "elu", "gelu")
 
 
 def _require(condition, message):
@@ -49,7 +48,7 @@ def validate(cfg: DictConfig) -> None:
     _check_int(cfg, "seed", 0)
     _check_choice(cfg, "device", ("auto", "cpu", "cuda"))
 
-    _check_choice(cfg, "data.name", DATASETS)
+    _check_choice(cfg, "data.name", tuple(DATASETS))
     _check_choice(cfg, "data.binarize", ("dynamic", "static", "none"))
     _check_int(cfg, "data.val_size", 1)
     _check_int(cfg, "data.train_size", 1, allow_none=True)
@@ -64,20 +63,19 @@ def validate(cfg: DictConfig) -> None:
     _check_choice(cfg, "family.offdiag_init", ("zero", "default"))
     _check_number(cfg, "family.offdiag_scale", 0, strictly=False)
     _check_int(cfg, "family.rank", 0)
-    rank, latent_dim = cfg.family.rank, cfg.latent_dim
-    if cfg.family.name == "lowrank":
-        _require(1 <= rank <= latent_dim, f"family.rank must be in 1..latent_dim ({latent_dim}) for lowrank, got {rank}")
-        _require(cfg.family.scale_floor > 0, "family.scale_floor must be > 0 for lowrank (D must stay positive)")
+    rank, latent_dim, name = cfg.family.rank, cfg.latent_dim, cfg.family.name
+    if FAMILIES[name].uses_rank:
+        _require(1 <= rank <= latent_dim, f"family.rank must be in 1..latent_dim ({latent_dim}) for {name}, got {rank}")
     else:
-        _require(rank == 0, f"family.rank applies to lowrank only; {cfg.family.name} needs rank=0, got {rank}")
-    if cfg.family.name == "cholesky":
-        _require(cfg.family.scale_floor > 0 or cfg.family.scale_transform == "exp",
-                 "family.scale_floor must be > 0 for cholesky with softplus (L's diagonal must stay positive)")
+        _require(rank == 0, f"family.rank applies to lowrank only; {name} needs rank=0, got {rank}")
+    # softplus underflows to 0 for very negative inputs; exp(raw / 2) does not in practice
+    _require(cfg.family.scale_floor > 0 or cfg.family.scale_transform == "exp",
+             "family.scale_floor must be > 0 with scale_transform=softplus (the scale must stay positive)")
 
     hidden = cfg.model.hidden
     _require(OmegaConf.is_list(hidden) and len(hidden) >= 1 and all(_is_int(h) and h >= 1 for h in hidden),
              f"model.hidden must be a non-empty list of positive integers, got {hidden!r}")
-    _check_choice(cfg, "model.activation", ACTIVATIONS)
+    _check_choice(cfg, "model.activation", tuple(ACTIVATIONS))
     match = cfg.model.match_params
     _require(match is None or match in FAMILIES, f"model.match_params must be null or one of {', '.join(FAMILIES)}; got {match!r}")
 

@@ -16,6 +16,8 @@ import torch
 
 from vae_compare import UserError
 
+# config name -> torchvision's dataset class
+DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -23,7 +25,7 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 EXPECTED_COUNT = {"train": 60000, "test": 10000}
-IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+IMAGE_MAGIC = 2051
 DEBIAN_FOLDERS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vae-compare"
 DATA_ENV = "VAE_COMPARE_DATA"
@@ -66,7 +68,7 @@ def download(name: str) -> Path:
     """Fetch the files with torchvision into the cache, once even when several jobs ask at the same time."""
     import torchvision
 
-    dataset_class = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    dataset_class = getattr(torchvision.datasets, DATASETS[name])
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{name}.lock", "w") as lock, contextlib.redirect_stdout(None):
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -107,8 +109,14 @@ def load_arrays(name: str, root):
     return folder, images
 
 
+def cpu_bernoulli(pixels, seed):
+    """One Bernoulli draw of pixels made on the CPU, so the same seed gives the same images on any device."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(pixels.cpu(), generator=generator).to(pixels.device)
+
+
 class Split:
-    """One split held as float pixels in [0, 1] on the device, optionally binarized once."""
+    """One split on the device: float pixels, either grey levels in [0, 1] or a fixed binary draw."""
 
     def __init__(self, pixels: torch.Tensor):
         self.pixels = pixels
@@ -131,23 +139,25 @@ class TrainingData:
     def __init__(self, pixels, binarize, seed):
         self.pixels, self.binarize, self.seed = pixels, binarize, seed
         if binarize == "static":
-            self.pixels = torch.bernoulli(pixels, generator=self.generator(-1))
+            self.pixels = cpu_bernoulli(pixels, self.seed_of(-1))
 
     def __len__(self):
         return self.pixels.shape[0]
 
-    def generator(self, epoch):
-        generator = torch.Generator(self.pixels.device)
-        generator.manual_seed(self.seed * 1_000_003 + epoch + 1)
-        return generator
+    def seed_of(self, epoch):
+        return self.seed * 1_000_003 + epoch + 1
 
     def steps_per_epoch(self, batch_size):
         return (len(self) + batch_size - 1) // batch_size
 
     def epoch_batches(self, epoch, batch_size, start_step=0, generator_state=None):
-        """Yield (step, batch, generator) for one epoch; start mid-epoch from a saved generator state."""
-        generator = self.generator(epoch)
-        order = torch.randperm(len(self), generator=generator, device=self.pixels.device)
+        """Yield (step, batch, generator) for one epoch; start mid-epoch from a saved generator state.
+
+        The order comes from a CPU generator, so it is the same on every device; the binarization draws
+        come from a generator on the device (a draw per batch, no host transfer)."""
+        order_generator = torch.Generator().manual_seed(self.seed_of(epoch))
+        order = torch.randperm(len(self), generator=order_generator).to(self.pixels.device)
+        generator = torch.Generator(self.pixels.device).manual_seed(self.seed_of(epoch))
         if generator_state is not None:
             generator.set_state(generator_state)
         for step in range(start_step, self.steps_per_epoch(batch_size)):
@@ -171,11 +181,9 @@ def load(cfg, seed, device):
         test_images = test_images[:cfg.test_size]
 
     def evaluation_split(pixels, offset):
-        # one fixed draw shared by every run, so all runs are scored on the same binary images
+        # one fixed draw shared by every run on every device, so all runs are scored on the same binary images
         if cfg.binarize == "none":
             return Split(pixels)
-        generator = torch.Generator(device)
-        generator.manual_seed(cfg.eval_binarize_seed + offset)
-        return Split(torch.bernoulli(pixels, generator=generator))
+        return Split(cpu_bernoulli(pixels, cfg.eval_binarize_seed + offset))
 
     return folder, TrainingData(train_part, cfg.binarize, seed), evaluation_split(val_part, 0), evaluation_split(test_images, 1)

@@ -16,6 +16,7 @@ import torch
 from vae_compare import UserError
 
 METRICS_FILE, PARAMS_FILE, SUMMARY_FILE = "metrics.csv", "params.csv", "summary.json"
+CHECKPOINT, BEST, FINAL_FILE = "checkpoint.pt", "best.pt", "final.csv"
 # A sweep job that failed leaves this file (its overrides and the error) instead of a summary.
 FAILED_FILE = "failed.txt"
 UMASK = os.umask(0)
@@ -33,10 +34,18 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+        # the rename itself is durable only once the folder's entry is on disk
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except BaseException as error:  # an OSError, or a signal that interrupts the write: no temp file stays
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+        raise
 
 
 def atomic_torch_save(path: Path, obj) -> None:
@@ -80,6 +89,23 @@ def check_writable(folder: Path, create=True) -> None:
             pass
     except OSError as error:
         raise UserError(f"output folder {folder} is not writable: {error.strerror or error}") from None
+
+
+def load_torch(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated, corrupt or foreign file raises any of several types
+        raise UserError(f"{path} is not a readable vae-compare checkpoint ({type(error).__name__})") from None
+
+
+def read_summary(folder: Path):
+    """summary.json of a finished run, or None."""
+    path = Path(folder) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("status") == "complete" else None
 
 
 def params_row(cfg, model, hidden):

@@ -99,7 +99,7 @@ def build_hidden(cfg):
     return matched
 
 
-def build_model(cfg):
+def build_model(cfg, hidden):
     family = cfg.family
-    return VAE(cfg.latent_dim, build_hidden(cfg), cfg.model.activation, family.name, family.rank,
+    return VAE(cfg.latent_dim, hidden, cfg.model.activation, family.name, family.rank,
                family.scale_transform, family.scale_floor, family.offdiag_init, family.offdiag_scale)

@@ -31,6 +31,8 @@ class DiagGaussian:
     """N(mean, diag(scale^2))."""
 
     name = "diag"
+    head_formula_text = "2d"
+    uses_rank = False
 
     @staticmethod
     def offdiag_size(latent_dim, rank):
@@ -91,6 +93,7 @@ class CholeskyGaussian(DiagGaussian):
     """N(mean, L L^T) with L lower-triangular, diagonal `scale`, strictly-lower entries `offdiag`."""
 
     name = "cholesky"
+    head_formula_text = "d + d(d+1)/2"
 
     @staticmethod
     def offdiag_size(latent_dim, rank):
@@ -140,6 +143,8 @@ class LowRankGaussian(DiagGaussian):
     """N(mean, diag(scale^2) + V V^T) with V of shape (d, rank)."""
 
     name = "lowrank"
+    head_formula_text = "d(k+2)"
+    uses_rank = True
 
     @staticmethod
     def offdiag_size(latent_dim, rank):
@@ -156,7 +161,8 @@ class LowRankGaussian(DiagGaussian):
         # capacitance C = I_k + V^T D^-1 V, so that Sigma^-1 and det Sigma need only k x k work
         scaled_factor = self.factor / self.scale.unsqueeze(-1)
         eye = torch.eye(self.rank, dtype=mean.dtype, device=mean.device)
-        self.capacitance_tril = torch.linalg.cholesky(eye + scaled_factor.transpose(-1, -2) @ scaled_factor)
+        # cholesky_ex: no host sync on CUDA and no exception on NaN, so divergence reaches the NaN guard
+        self.capacitance_tril, _ = torch.linalg.cholesky_ex(eye + scaled_factor.transpose(-1, -2) @ scaled_factor)
 
     def log_det_cov(self):
         # matrix determinant lemma: det Sigma = det C * prod D

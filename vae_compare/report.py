@@ -25,7 +25,7 @@ from rich import box, get_console
 from rich.table import Table
 
 from vae_compare import UserError, export
-from vae_compare.train import read_summary
+from vae_compare.posteriors import FAMILIES
 
 # A folder holding any of these is a run folder, finished or not (params.csv is written before training).
 RUN_MARKERS = {export.SUMMARY_FILE, export.PARAMS_FILE, export.METRICS_FILE, export.FAILED_FILE}
@@ -34,9 +34,8 @@ NON_RESULT_KEYS = {"data.root", "device", "resume", "train.threads", "train.log_
                    "eval.chunk_size"}
 # Config values that are group dimensions of their own, so they are not "settings".
 GROUP_KEYS = {"data.name", "latent_dim", "seed", "model.match_params", "model.match_rank"}
-# Table order: cheapest posterior first, unknown families last.
+# Table order: cheapest posterior first (by head size at any d > k + 1), unknown families last.
 FAMILY_ORDER = {"diag": 0, "lowrank": 1, "cholesky": 2}
-HEAD_FORMULAS = {"diag": "2d", "cholesky": "d + d(d+1)/2", "lowrank": "d(k+2)"}
 # Per-run numbers averaged per group; each is a path into summary.json.
 METRICS = {
     "log_px": ("test", "log_px"),
@@ -68,7 +67,7 @@ def find_runs(folder: Path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skip .hydra and friends
         if not RUN_MARKERS & set(files):
             continue
-        summary = read_summary(Path(path))
+        summary = export.read_summary(Path(path))
         if summary is None:
             unfinished += 1
             continue
@@ -356,7 +355,7 @@ def params_table(runs):
     for (latent_dim, setting, variant), run in first.items():
         params = run["summary"].get("params", {})
         rows.append([str(latent_dim)] + ([setting] if with_setting else []) + [
-            variant, HEAD_FORMULAS.get(run["family"], "?"), str(params.get("head_formula")),
+            variant, FAMILIES[run["family"]].head_formula_text if run["family"] in FAMILIES else "?", str(params.get("head_formula")),
             str(params.get("head_outputs")), str(params.get("hidden")), f"{params.get('encoder_params', 0):,}",
             f"{params.get('decoder_params', 0):,}", f"{params.get('total_params', 0):,}"])
     return header, rows

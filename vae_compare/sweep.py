@@ -17,6 +17,9 @@ FAILED_JOBS = []
 
 
 class SweepCallback(Callback):
+    def on_multirun_start(self, config, **kwargs):
+        FAILED_JOBS.clear()
+
     def on_multirun_end(self, config, **kwargs):
         from vae_compare.report import build_report
 

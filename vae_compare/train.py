@@ -21,12 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vae_compare import UserError, data, evaluate, export
+from vae_compare.export import BEST, CHECKPOINT, FINAL_FILE, load_torch, read_summary
 from vae_compare.model import build_hidden, build_model
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
-FINAL_FILE = "final.csv"
 # Burda et al. (2016): stage i lasts 3^i epochs with learning rate lr * 10^(-i/7), i = 0..7.
 BURDA_STAGES = 8
 
@@ -101,22 +100,41 @@ def hparams_of(cfg):
     return flat
 
 
+def make_optimizer(model, lr):
+    # fused: one kernel for all parameters; measured 4x faster per Adam step on the CPU (README, Speed)
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
+def train_step(model, optimizer, batch, kl_weight, max_norm):
+    """One Adam step on a batch. Returns the loss, per-image reconstruction and KL terms and the gradient
+    norm, all left on the device (no host sync). Non-finite values are for the caller to detect."""
+    recon, kl = model(batch)
+    loss = (recon + kl_weight * kl).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return loss.detach(), recon.detach(), kl.detach(), grad_norm
+
+
 class Run:
     """State and files of one training run."""
 
-    def __init__(self, cfg, folder: Path, console: Console):
-        self.cfg, self.folder, self.console = cfg, folder, console
+    def __init__(self, cfg, folder: Path):
+        self.cfg, self.folder = cfg, folder
         self.device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
+        # nothing here draws from Python's RNG; it is seeded and checkpointed for code that might
         random.seed(cfg.seed)
         self.data_folder, self.train_data, self.val, self.test = data.load(cfg.data, cfg.seed, self.device)
         self.hidden = build_hidden(cfg)
-        self.model = build_model(cfg).to(self.device)
-        # fused: one kernel for all parameters; measured 4x faster per Adam step on the CPU (README, Speed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate(cfg.train, 0), fused=True)
+        self.model = build_model(cfg, self.hidden).to(self.device)
+        self.optimizer = make_optimizer(self.model, learning_rate(cfg.train, 0))
         self.metrics = []  # one dict per finished epoch
         self.best = {"val_elbo": -math.inf, "epoch": -1}
-        self.epoch, self.step, self.partial = 0, 0, None
+        self.best_weights = None
+        # epoch and step reached; mid_epoch holds the epoch's running sums when a signal stopped it mid-way
+        self.epoch, self.step, self.mid_epoch = 0, 0, None
         if (folder / CHECKPOINT).exists():
             self.load_checkpoint(folder / CHECKPOINT)
 
@@ -127,36 +145,50 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
-            "partial": self.partial,
+            "mid_epoch": self.mid_epoch,
             "best": self.best,
+            "best_weights": self.best_weights,
             "metrics": self.metrics,
+            "device": self.device.type,
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "python_rng": random.getstate(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
     def save_checkpoint(self):
+        """The checkpoint first, then the files derived from it: a kill in between leaves them behind it,
+        and the next start rewrites them from the checkpoint."""
         export.atomic_torch_save(self.folder / CHECKPOINT, self.checkpoint_state())
+        self.write_derived_files()
+
+    def write_derived_files(self):
         if self.metrics:
             export.write_csv(self.folder / export.METRICS_FILE, self.metrics)
+        if self.best_weights is not None:
+            export.atomic_torch_save(self.folder / BEST, self.best_weights)
 
     def load_checkpoint(self, path):
         state = load_torch(path)
+        if not isinstance(state, dict) or "config" not in state:
+            raise UserError(f"{path} is not a vae-compare checkpoint")
+        check_same_config(path, state["config"], OmegaConf.to_container(self.cfg, resolve=True))
+        if state["mid_epoch"] is not None and state["device"] != self.device.type:
+            raise UserError(f"{path} was stopped mid-epoch on {state['device']}; resume it on {state['device']} "
+                            f"(device={state['device']})")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.epoch, self.step, self.partial = state["epoch"], state["step"], state["partial"]
-            self.best, self.metrics = state["best"], state["metrics"]
-            torch.set_rng_state(state["torch_rng"])
-            random.setstate(state["python_rng"])
-            if state["cuda_rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
         except (KeyError, RuntimeError, ValueError) as error:
-            raise UserError(f"{path} does not match this run's config ({str(error).splitlines()[0]})") from None
-        # metrics.csv may hold a row newer than the checkpoint if a kill fell between the two writes
-        if self.metrics:
-            export.write_csv(self.folder / export.METRICS_FILE, self.metrics)
+            raise UserError(f"{path} does not match this run's model ({str(error).splitlines()[0]})") from None
+        self.epoch, self.step, self.mid_epoch = state["epoch"], state["step"], state["mid_epoch"]
+        self.best, self.best_weights, self.metrics = state["best"], state["best_weights"], state["metrics"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        if state["cuda_rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        # metrics.csv or best.pt may be a step ahead if a kill fell between the checkpoint and them
+        self.write_derived_files()
         log.info("resuming from %s at epoch %d step %d", path, self.epoch + 1, self.step)
 
     # ---- training ------------------------------------------------------------------------------
@@ -165,27 +197,21 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.epoch)
         steps = self.train_data.steps_per_epoch(cfg.batch_size)
-        partial = self.partial or {"sums": torch.zeros(2), "images": 0, "seconds": 0.0, "generator": None}
-        sums = partial["sums"].to(self.device)  # summed recon and kl, kept on the device: no sync per step
+        mid_epoch = self.mid_epoch or {"sums": torch.zeros(2), "images": 0, "seconds": 0.0, "generator": None}
+        sums = mid_epoch["sums"].to(self.device)  # summed recon and kl, kept on the device: no sync per step
         first_bad_step = torch.tensor(-1, device=self.device)
-        images, seconds_before = partial["images"], partial["seconds"]
-        params = list(model.parameters())
+        images, seconds_before = mid_epoch["images"], mid_epoch["seconds"]
         progress.reset(task, total=steps, completed=self.step,
                        description=f"epoch {self.epoch + 1}/{cfg.epochs}")
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         model.train()
         started = time.perf_counter()
-        batches = self.train_data.epoch_batches(self.epoch, cfg.batch_size, self.step, partial["generator"])
+        batches = self.train_data.epoch_batches(self.epoch, cfg.batch_size, self.step, mid_epoch["generator"])
         for step, batch, generator in batches:
-            recon, kl = model(batch)
-            loss = (recon + cfg.kl_weight * kl).mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            loss, recon, kl, grad_norm = train_step(model, self.optimizer, batch, cfg.kl_weight, max_norm)
             finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
             first_bad_step = torch.where((first_bad_step < 0) & ~finite, step, first_bad_step)
-            self.optimizer.step()
-            sums += torch.stack((recon.detach().sum(), kl.detach().sum()))
+            sums += torch.stack((recon.sum(), kl.sum()))
             images += batch.shape[0]
             self.step = step + 1
             if self.step % self.cfg.train.log_every == 0 or self.step == steps:
@@ -197,8 +223,8 @@ class Run:
             if guard.received is not None:
                 self.check_finite(first_bad_step)
                 seconds = seconds_before + time.perf_counter() - started
-                self.partial = {"sums": sums.cpu(), "images": images, "seconds": seconds,
-                                "generator": generator.get_state()}
+                self.mid_epoch = {"sums": sums.cpu(), "images": images, "seconds": seconds,
+                                  "generator": generator.get_state()}
                 self.save_checkpoint()
                 guard.check()
         if self.device.type == "cuda":
@@ -254,29 +280,40 @@ class Run:
                     self.log_images(tensorboard, epoch)
                 if val_metrics["elbo"] > self.best["val_elbo"]:
                     self.best = {"val_elbo": val_metrics["elbo"], "epoch": epoch}
-                    export.atomic_torch_save(self.folder / BEST, self.model.state_dict())
+                    self.best_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 self.metrics.append(row)
-                self.epoch, self.step, self.partial = epoch, 0, None
+                self.epoch, self.step, self.mid_epoch = epoch, 0, None
                 self.save_checkpoint()
-                guard.check()
                 log.info("epoch %d/%d  train ELBO %.2f  val ELBO %.2f  KL %.2f  %.1f s",
                          epoch, cfg.epochs, train_metrics["elbo"], val_metrics["elbo"], val_metrics["kl"],
                          train_metrics["seconds"])
+                guard.check()
         finally:
             tensorboard.close()
 
 
-def load_torch(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated, corrupt or foreign file raises any of several types
-        raise UserError(f"{path} is not a readable vae-compare checkpoint ({type(error).__name__})") from None
+def check_same_config(path, saved, current):
+    """A resumed run must continue the same experiment: only settings that do not change results may differ."""
+    may_differ = ("data.root", "device", "resume", "train.threads", "train.log_every", "train.image_every", "eval.")
+
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    saved, current = dict(flat(saved)), dict(flat(current))
+    for key in sorted(set(saved) | set(current)):
+        if not key.startswith(may_differ) and saved.get(key) != current.get(key):
+            raise UserError(f"{path} was trained with {key}={saved.get(key)!r}, this run has {current.get(key)!r}; "
+                            f"resume with the run's own settings (vae-compare train resume=<run folder>)")
 
 
 def finish(run):
     """Evaluate the best checkpoint on the test set and write summary.json, final.csv and TensorBoard's final/."""
     cfg = run.cfg
-    run.model.load_state_dict(load_torch(run.folder / BEST))
+    run.model.load_state_dict(run.best_weights)
     run.model.eval()
     final = evaluate.final_metrics(run.model, run.test, cfg.eval, show_progress=True)
     epochs = run.metrics
@@ -341,28 +378,15 @@ def summary_table(summary):
     return table
 
 
-def read_summary(folder: Path):
-    """summary.json of a finished run, or None."""
-    import json
-
-    path = folder / export.SUMMARY_FILE
-    if not path.exists():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("status") == "complete" else None
-
-
 def train(cfg, folder: Path, console: Console):
     """Train (or continue) the run in `folder` and evaluate it; returns its summary."""
     existing = read_summary(folder)
     if existing is not None:
+        check_same_config(folder / export.SUMMARY_FILE, existing["config"], OmegaConf.to_container(cfg, resolve=True))
         log.info("%s is already complete; skipping", folder)
         return existing
     export.check_writable(folder)
-    run = Run(cfg, folder, console)
+    run = Run(cfg, folder)
     export.write_csv(folder / export.PARAMS_FILE, [export.params_row(cfg, run.model, run.hidden)])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ELBO {task.fields[elbo]}"),
                TimeRemainingColumn())
@@ -370,6 +394,7 @@ def train(cfg, folder: Path, console: Console):
         with Progress(*columns, console=console) as progress:
             run.fit(guard, progress)
         guard.immediate = True
+        guard.check()  # a signal that came during the last validation pass
         summary = finish(run)
     console.print(summary_table(summary))
     return summary
@@ -385,13 +410,14 @@ def evaluate_run(folder: Path, overrides, console: Console):
     if summary is None:
         raise UserError(f"{folder} has not finished training; continue it with: vae-compare train resume={folder}")
     cfg = OmegaConf.load(config_path)
+    OmegaConf.set_struct(cfg, True)  # a misspelt key is an error, not a new key
     allowed = ("eval.", "device=", "data.root=")
     for override in overrides:
         if not override.startswith(allowed) or "=" not in override:
             raise UserError(f"evaluate takes only eval.*, device= and data.root= overrides, got {override!r}")
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    except Exception as error:
+    except Exception as error:  # OmegaConf raises several types for unknown keys and bad values
         raise UserError(f"bad override: {str(error).splitlines()[0]}") from None
     from vae_compare.config import validate
 
@@ -399,11 +425,12 @@ def evaluate_run(folder: Path, overrides, console: Console):
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     _, _, _, test = data.load(cfg.data, cfg.seed, device)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, build_hidden(cfg)).to(device)
     model.load_state_dict(load_torch(folder / BEST))
     model.eval()
     summary["test"] = evaluate.final_metrics(model, test, cfg.eval, show_progress=True)
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
+    summary["device"] = str(device)
     write_final(folder, cfg, summary)
     console.print(summary_table(summary))
     return summary

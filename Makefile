@@ -6,7 +6,7 @@ VENV := .venv
 SHARED_DATA := $(abspath ../shared/data)
 export VAE_COMPARE_DATA ?= $(if $(wildcard $(SHARED_DATA)/mnist),$(SHARED_DATA))
 
-.PHONY: install train test test-slow bench
+.PHONY: install train test bench
 
 $(VENV)/installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,6 @@ train: install
 
 test: install
 	$(VENV)/bin/python -m pytest -q
-
-test-slow: install
-	$(VENV)/bin/python -m pytest -q -m slow
 
 bench: install
 	$(VENV)/bin/python scripts/bench.py $(ARGS)

@@ -167,8 +167,10 @@ def hydra_train(cfg: DictConfig):
 
 def record_failure(folder, overrides, error):
     """Note a failed sweep job in its folder; the sweep callback reports them all at the end."""
-    detail = str(error).splitlines()[0] if str(error) else ""
-    message = f"job [{overrides}] failed: {type(error).__name__ + ': ' if not isinstance(error, UserError) else ''}{detail}"
+    reason = str(error).splitlines()[0] if str(error) else ""
+    if not isinstance(error, UserError):  # a bad value explains itself; other errors need their kind
+        reason = f"{type(error).__name__}: {reason}"
+    message = f"job [{overrides}] failed: {reason}"
     get_console().print(f"[red]vae-compare: {message}[/red]")
     try:
         (folder / FAILED_FILE).write_text(message + "\n")

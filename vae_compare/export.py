@@ -17,6 +17,9 @@ from vae_compare import UserError
 
 METRICS_FILE, PARAMS_FILE, SUMMARY_FILE = "metrics.csv", "params.csv", "summary.json"
 CHECKPOINT, BEST, FINAL_FILE = "checkpoint.pt", "best.pt", "final.csv"
+# Config values that do not change a run's results.
+NON_RESULT_KEYS = {"data.root", "device", "resume", "train.threads", "train.log_every", "train.image_every",
+                   "eval.chunk_size"}
 # A sweep job that failed leaves this file (its overrides and the error) instead of a summary.
 FAILED_FILE = "failed.txt"
 UMASK = os.umask(0)
@@ -89,6 +92,19 @@ def check_writable(folder: Path, create=True) -> None:
             pass
     except OSError as error:
         raise UserError(f"output folder {folder} is not writable: {error.strerror or error}") from None
+
+
+def flatten(config, prefix=""):
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists (hidden sizes) become "512-256"."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list):
+            flat[prefix + key] = "-".join(str(v) for v in value)
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def load_torch(path: Path):

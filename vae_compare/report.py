@@ -29,9 +29,6 @@ from vae_compare.posteriors import FAMILIES
 
 # A folder holding any of these is a run folder, finished or not (params.csv is written before training).
 RUN_MARKERS = {export.SUMMARY_FILE, export.PARAMS_FILE, export.METRICS_FILE, export.FAILED_FILE}
-# Config values that do not change results: they never split groups (but still go into summary.csv).
-NON_RESULT_KEYS = {"data.root", "device", "resume", "train.threads", "train.log_every", "train.image_every",
-                   "eval.chunk_size"}
 # Config values that are group dimensions of their own, so they are not "settings".
 GROUP_KEYS = {"data.name", "latent_dim", "seed", "model.match_params", "model.match_rank"}
 # Table order: cheapest posterior first (by head size at any d > k + 1), unknown families last.
@@ -71,7 +68,7 @@ def find_runs(folder: Path):
         if summary is None:
             unfinished += 1
             continue
-        config = flatten(summary["config"])
+        config = export.flatten(summary["config"])
         runs.append({
             "folder": Path(path),
             "path": Path(path).relative_to(folder).as_posix(),
@@ -83,19 +80,6 @@ def find_runs(folder: Path):
             "family": config["family.name"],
         })
     return runs, unfinished
-
-
-def flatten(config, prefix=""):
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists (hidden sizes) become "512-256"."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        elif isinstance(value, list):
-            flat[prefix + key] = "-".join(str(v) for v in value)
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def config_keys(runs):
@@ -115,7 +99,8 @@ def show(value):
 def label_runs(runs):
     """Give every run its variant and settings labels; returns the config keys that split groups."""
     all_keys = config_keys(runs)
-    candidates = [k for k in all_keys if k not in NON_RESULT_KEYS | GROUP_KEYS and not k.startswith("family.")]
+    # config values that do not change results never split groups (but still go into summary.csv)
+    candidates = [k for k in all_keys if k not in export.NON_RESULT_KEYS | GROUP_KEYS and not k.startswith("family.")]
     setting_keys = varying([run["config"] for run in runs], candidates)
     # family settings split only within one family: diag's scale_transform differs from cholesky's by default
     family_keys = {}

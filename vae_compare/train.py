@@ -87,17 +87,16 @@ def learning_rate(train_cfg, epoch):
     return train_cfg.lr * 10 ** (-(BURDA_STAGES - 1) / 7)
 
 
+HPARAM_KEYS = ("data.name", "data.binarize", "family.name", "family.rank", "family.scale_transform",
+               "family.scale_floor", "family.offdiag_init", "family.offdiag_scale", "model.activation",
+               "model.match_params", "latent_dim", "seed", "train.epochs", "train.batch_size", "train.lr",
+               "train.lr_schedule", "train.kl_weight", "train.grad_clip", "model.hidden")
+
+
 def hparams_of(cfg):
     """Flat scalar hyperparameters, the same keys for every run (rank 0 for diag)."""
-    flat = {}
-    for key in ("data.name", "data.binarize", "family.name", "family.rank", "family.scale_transform",
-                "family.scale_floor", "family.offdiag_init", "family.offdiag_scale", "model.activation",
-                "model.match_params", "latent_dim", "seed", "train.epochs", "train.batch_size", "train.lr",
-                "train.lr_schedule", "train.kl_weight", "train.grad_clip"):
-        value = OmegaConf.select(cfg, key)
-        flat[key] = "none" if value is None else value
-    flat["model.hidden"] = "-".join(str(h) for h in cfg.model.hidden)
-    return flat
+    flat = export.flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {key: "none" if flat[key] is None else flat[key] for key in HPARAM_KEYS}
 
 
 def make_optimizer(model, lr):
@@ -293,19 +292,12 @@ class Run:
 
 
 def check_same_config(path, saved, current):
-    """A resumed run must continue the same experiment: only settings that do not change results may differ."""
-    may_differ = ("data.root", "device", "resume", "train.threads", "train.log_every", "train.image_every", "eval.")
-
-    def flat(tree, prefix=""):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                yield from flat(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    saved, current = dict(flat(saved)), dict(flat(current))
+    """A resumed run must continue the same experiment: only settings that do not change results, and the
+    evaluation settings (the final evaluation can be redone), may differ."""
+    saved, current = export.flatten(saved), export.flatten(current)
     for key in sorted(set(saved) | set(current)):
-        if not key.startswith(may_differ) and saved.get(key) != current.get(key):
+        may_differ = key in export.NON_RESULT_KEYS or key.startswith("eval.")
+        if not may_differ and saved.get(key) != current.get(key):
             raise UserError(f"{path} was trained with {key}={saved.get(key)!r}, this run has {current.get(key)!r}; "
                             f"resume with the run's own settings (vae-compare train resume=<run folder>)")
 

@@ -1,5 +1,23 @@
-"""Checks every config value when a run starts, so that bad input is one clear line, not a traceback."""
+"""The one config schema: every key's type, choices, range and role, declared once.
 
+Hydra composes conf/*.yaml on top of `Config` (stored in Hydra's ConfigStore as `schema`), so a wrong
+type, an unknown choice or a misspelt key fails at composition; `validate` adds the range checks that
+types cannot express. Adding a config key means adding one field here (with its role and range) and its
+default in the YAML file of its group.
+
+A key's role says what it changes:
+    result   the trained model (TensorBoard hparams, the resume check, sweep-folder names, report settings)
+    eval     only the final evaluation: may differ when a run is resumed or re-evaluated
+    runtime  nothing in the results (paths, devices, threads, logging intervals): left out of all of the above
+"""
+
+import dataclasses
+import enum
+import typing
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from vae_compare import UserError
@@ -7,89 +25,196 @@ from vae_compare.data import DATASETS
 from vae_compare.model import ACTIVATIONS
 from vae_compare.posteriors import FAMILIES
 
+RESULT, EVAL, RUNTIME = "result", "eval", "runtime"
+
+
+class Choice(str, enum.Enum):
+    """A closed set of string values: OmegaConf rejects anything else, and members compare equal to their
+    strings, so code reads `cfg.data.binarize == "dynamic"`."""
+
+    def __str__(self):
+        return self.value
+
+    def __format__(self, spec):
+        return format(self.value, spec)
+
+
+def choices(name, values):
+    return Choice(name, {value: value for value in values})
+
+
+Device = choices("Device", ("auto", "cpu", "cuda"))
+DatasetName = choices("DatasetName", DATASETS)
+Binarize = choices("Binarize", ("dynamic", "static", "none"))
+FamilyName = choices("FamilyName", FAMILIES)
+ScaleTransform = choices("ScaleTransform", ("exp", "softplus"))
+OffdiagInit = choices("OffdiagInit", ("zero", "default"))
+Activation = choices("Activation", ACTIVATIONS)
+LrSchedule = choices("LrSchedule", ("constant", "burda"))
+
+
+def key(default=dataclasses.MISSING, role=RESULT, minimum=None, above=None, factory=None):
+    """A schema field: its role, and its lower bound (`minimum` inclusive, `above` exclusive)."""
+    metadata = {"role": role, "minimum": minimum, "above": above}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class DataConfig:
+    name: DatasetName = key("mnist")
+    root: Optional[str] = key(None, RUNTIME)
+    binarize: Binarize = key("dynamic")
+    val_size: int = key(10000, minimum=1)
+    train_size: Optional[int] = key(None, minimum=1)
+    test_size: Optional[int] = key(None, EVAL, minimum=1)
+    eval_binarize_seed: int = key(1234, minimum=0)
+
+
+@dataclass
+class FamilyConfig:
+    name: FamilyName = key("diag")
+    rank: int = key(0, minimum=0)
+    scale_transform: ScaleTransform = key("exp")
+    scale_floor: float = key(0.0, minimum=0)
+    offdiag_init: OffdiagInit = key("zero")
+    offdiag_scale: float = key(0.0, minimum=0)
+
+
+@dataclass
+class ModelConfig:
+    hidden: List[int] = key(factory=lambda: [512, 256])
+    activation: Activation = key("relu")
+    match_params: Optional[FamilyName] = key(None)
+    match_rank: int = key(4, minimum=1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = key(10, minimum=1)
+    batch_size: int = key(128, minimum=1)
+    lr: float = key(1e-3, above=0)
+    lr_schedule: LrSchedule = key("constant")
+    kl_weight: float = key(1.0, minimum=0)
+    grad_clip: Optional[float] = key(None, above=0)
+    image_every: int = key(5, RUNTIME, minimum=1)
+    log_every: int = key(50, RUNTIME, minimum=1)
+    threads: Optional[int] = key(None, RUNTIME, minimum=1)
+
+
+@dataclass
+class EvalConfig:
+    iwae_samples: int = key(1000, EVAL, minimum=1)
+    chunk_size: Optional[int] = key(None, RUNTIME, minimum=1)
+    active_threshold: float = key(0.01, EVAL, minimum=0)
+
+
+@dataclass
+class Config:
+    latent_dim: int = key(16, minimum=1)
+    seed: int = key(0, minimum=0)
+    device: Device = key("auto", RUNTIME)
+    resume: Optional[str] = key(None, RUNTIME)
+    data: DataConfig = key(factory=DataConfig)
+    family: FamilyConfig = key(factory=FamilyConfig)
+    model: ModelConfig = key(factory=ModelConfig)
+    train: TrainConfig = key(factory=TrainConfig)
+    eval: EvalConfig = key(factory=EvalConfig)
+
+
+ConfigStore.instance().store(name="schema", node=Config)
+
+
+# ---- roles, derived from the schema ---------------------------------------------------------------
+def schema_fields(schema=Config, prefix=""):
+    """(dotted key, field) of every leaf key of the schema."""
+    for item in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(item.type):
+            yield from schema_fields(item.type, f"{prefix}{item.name}.")
+        else:
+            yield prefix + item.name, item
+
+
+def keys_with_role(*roles):
+    return [name for name, item in schema_fields() if item.metadata["role"] in roles]
+
+
+# Keys whose value changes the trained model or the reported numbers (TensorBoard hparams, report settings).
+RESULT_KEYS = keys_with_role(RESULT, EVAL)
+# Keys that may differ between a run and its resumption or re-evaluation.
+RESUMABLE_KEYS = set(keys_with_role(EVAL, RUNTIME))
+# Keys that never change results; Hydra's override_dirname leaves them out of sweep-folder names.
+RUNTIME_KEYS = set(keys_with_role(RUNTIME))
+# Keys `vae-compare evaluate` accepts.
+EVALUATE_KEYS = set(keys_with_role(EVAL)) | {"device", "data.root", "eval.chunk_size"}
+
+
+# ---- checks types cannot express ------------------------------------------------------------------
+def field_of(dotted):
+    return dict(schema_fields())[dotted]
+
+
+def type_name(dotted):
+    """How the schema's type of a key reads in an error message ("an integer", "one of exp, softplus")."""
+    kind, optional = field_of(dotted).type, False
+    if typing.get_origin(kind) is typing.Union:  # Optional[X]
+        kind, optional = next(arg for arg in typing.get_args(kind) if arg is not type(None)), True
+    if typing.get_origin(kind) in (list, typing.List):
+        text = "a list of integers"
+    elif isinstance(kind, type) and issubclass(kind, Choice):
+        text = "one of " + ", ".join(member.value for member in kind)
+    else:
+        text = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, str(kind))
+    return text + (" or null" if optional else "")
+
 
 def _require(condition, message):
     if not condition:
         raise UserError(message)
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_int(cfg, key, minimum, allow_none=False):
-    value = OmegaConf.select(cfg, key)
-    if allow_none and value is None:
-        return
-    _require(_is_int(value) and value >= minimum, f"{key} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_number(cfg, key, minimum, strictly=True, allow_none=False):
-    value = OmegaConf.select(cfg, key)
-    if allow_none and value is None:
-        return
-    relation = ">" if strictly else ">="
-    ok = _is_number(value) and (value > minimum if strictly else value >= minimum)
-    _require(ok, f"{key} must be a number {relation} {minimum}, got {value!r}")
-
-
-def _check_choice(cfg, key, choices):
-    value = OmegaConf.select(cfg, key)
-    _require(value in choices, f"{key} must be one of {', '.join(choices)}; got {value!r}")
-
-
 def validate(cfg: DictConfig) -> None:
-    """Raise UserError naming the first bad value."""
-    _check_int(cfg, "latent_dim", 1)
-    _check_int(cfg, "seed", 0)
-    _check_choice(cfg, "device", ("auto", "cpu", "cuda"))
-
-    _check_choice(cfg, "data.name", tuple(DATASETS))
-    _check_choice(cfg, "data.binarize", ("dynamic", "static", "none"))
-    _check_int(cfg, "data.val_size", 1)
-    _check_int(cfg, "data.train_size", 1, allow_none=True)
-    _check_int(cfg, "data.test_size", 1, allow_none=True)
-    _check_int(cfg, "data.eval_binarize_seed", 0)
-    root = cfg.data.root
-    _require(root is None or isinstance(root, str), f"data.root must be a folder path, got {root!r}")
-
-    _check_choice(cfg, "family.name", tuple(FAMILIES))
-    _check_choice(cfg, "family.scale_transform", ("exp", "softplus"))
-    _check_number(cfg, "family.scale_floor", 0, strictly=False)
-    _check_choice(cfg, "family.offdiag_init", ("zero", "default"))
-    _check_number(cfg, "family.offdiag_scale", 0, strictly=False)
-    _check_int(cfg, "family.rank", 0)
-    rank, latent_dim, name = cfg.family.rank, cfg.latent_dim, cfg.family.name
-    if FAMILIES[name].uses_rank:
-        _require(1 <= rank <= latent_dim, f"family.rank must be in 1..latent_dim ({latent_dim}) for {name}, got {rank}")
-    else:
-        _require(rank == 0, f"family.rank applies to lowrank only; {name} needs rank=0, got {rank}")
+    """Raise UserError naming the first value out of its range (types and choices are Hydra's checks)."""
+    for dotted, item in schema_fields():
+        value = OmegaConf.select(cfg, dotted)
+        minimum, above = item.metadata["minimum"], item.metadata["above"]
+        if value is None or (minimum is None and above is None):
+            continue
+        kind = "an integer" if isinstance(value, int) else "a number"
+        if minimum is not None:
+            _require(value >= minimum, f"{dotted} must be {kind} >= {minimum}, got {value!r}")
+        if above is not None:
+            _require(value > above, f"{dotted} must be {kind} > {above}, got {value!r}")
+    family = FAMILIES[cfg.family.name]
+    rank_error = family.rank_error(cfg.latent_dim, cfg.family.rank)
+    _require(rank_error is None, rank_error)
     # softplus underflows to 0 for very negative inputs; exp(raw / 2) does not in practice
     _require(cfg.family.scale_floor > 0 or cfg.family.scale_transform == "exp",
              "family.scale_floor must be > 0 with scale_transform=softplus (the scale must stay positive)")
+    _require(len(cfg.model.hidden) >= 1 and all(width >= 1 for width in cfg.model.hidden),
+             f"model.hidden must be a non-empty list of positive integers, got {list(cfg.model.hidden)!r}")
 
-    hidden = cfg.model.hidden
-    _require(OmegaConf.is_list(hidden) and len(hidden) >= 1 and all(_is_int(h) and h >= 1 for h in hidden),
-             f"model.hidden must be a non-empty list of positive integers, got {hidden!r}")
-    _check_choice(cfg, "model.activation", tuple(ACTIVATIONS))
-    match = cfg.model.match_params
-    _require(match is None or match in FAMILIES, f"model.match_params must be null or one of {', '.join(FAMILIES)}; got {match!r}")
 
-    _check_int(cfg, "model.match_rank", 1)
-    _check_int(cfg, "train.epochs", 1)
-    _check_int(cfg, "train.batch_size", 1)
-    _check_number(cfg, "train.lr", 0)
-    _check_choice(cfg, "train.lr_schedule", ("constant", "burda"))
-    _check_number(cfg, "train.kl_weight", 0, strictly=False)
-    _check_number(cfg, "train.grad_clip", 0, allow_none=True)
-    _check_int(cfg, "train.image_every", 1)
-    _check_int(cfg, "train.log_every", 1)
-    _check_int(cfg, "train.threads", 1, allow_none=True)
+def plain(cfg) -> dict:
+    """The config as plain Python values (choices as strings), for JSON, checkpoints and CSV."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
-    _check_int(cfg, "eval.iwae_samples", 1)
-    _check_int(cfg, "eval.chunk_size", 1, allow_none=True)
-    _check_number(cfg, "eval.active_threshold", 0, strictly=False)
+
+def flatten(config, prefix=""):
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists (hidden sizes) become "512-256"."""
+    flat = {}
+    for name, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{name}."))
+        elif isinstance(value, list):
+            flat[prefix + name] = "-".join(str(v) for v in value)
+        else:
+            flat[prefix + name] = value
+    return flat
+
+
+def hparams_of(cfg) -> dict:
+    """Flat scalar hyperparameters for TensorBoard: every result and eval key, the same keys for every run."""
+    flat = flatten(plain(cfg))
+    return {name: "none" if flat.get(name) is None else flat[name] for name in RESULT_KEYS}

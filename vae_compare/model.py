@@ -1,12 +1,15 @@
 """The VAE: an MLP encoder whose head size comes from the posterior family, an MLP Bernoulli decoder."""
 
+import dataclasses
 import logging
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae_compare.posteriors import FAMILIES, head_size, positive_scale
+from vae_compare.posteriors import FAMILIES
 
 IMAGE_SIZE = 28 * 28
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -23,83 +26,113 @@ def mlp_parameter_count(sizes):
     return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
 
 
-def parameter_counts(latent_dim, hidden, family, rank):
-    """(encoder, decoder) trainable parameters, from the layer shapes."""
-    encoder = mlp_parameter_count([IMAGE_SIZE, *hidden, head_size(family, latent_dim, rank)])
-    decoder = mlp_parameter_count([latent_dim, *reversed(hidden), IMAGE_SIZE])
-    return encoder, decoder
+@dataclass
+class VAEConfig:
+    """Everything that shapes one VAE. The decoder depends on latent_dim and decoder_hidden alone, so
+    families compared at one latent size share it even when an equal-budget run widens the encoder."""
+
+    latent_dim: int
+    encoder_hidden: list
+    decoder_hidden: list
+    activation: str
+    family: object  # the family's config node: name, rank, scale_transform, scale_floor, offdiag_*
+
+    @property
+    def head_size(self):
+        return FAMILIES[self.family.name].head_size(self.latent_dim, self.family.rank)
+
+    def parameter_counts(self):
+        """(encoder, decoder) trainable parameters, from the layer shapes."""
+        encoder = mlp_parameter_count([IMAGE_SIZE, *self.encoder_hidden, self.head_size])
+        decoder = mlp_parameter_count([self.latent_dim, *self.decoder_hidden, IMAGE_SIZE])
+        return encoder, decoder
 
 
-def hidden_matching(latent_dim, hidden, family, rank, target_family, target_rank):
-    """Hidden sizes scaled by one common factor so that `family` has the total parameter count that
-    `target_family` has with the given hidden sizes (within 1%; found by bisection on the factor)."""
-    target = sum(parameter_counts(latent_dim, hidden, target_family, target_rank))
-
-    def scaled(factor):
-        return [max(1, round(width * factor)) for width in hidden]
-
-    low, high = 0.01, 100.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        if sum(parameter_counts(latent_dim, scaled(middle), family, rank)) < target:
-            low = middle
-        else:
-            high = middle
-    best = min((scaled(low), scaled(high)), key=lambda h: abs(sum(parameter_counts(latent_dim, h, family, rank)) - target))
-    return best
+def seeded(seed, part, build):
+    """Build a module from its own random stream (seed, part), whatever was built before it: at one seed,
+    the parts that two families share start bit-identical."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + part)
+        return build()
 
 
 class VAE(nn.Module):
-    def __init__(self, latent_dim, hidden, activation, family, rank=0, scale_transform="exp", scale_floor=0.0,
-                 offdiag_init="zero", offdiag_scale=1.0):
+    """encoder 784 -> encoder_hidden -> head (the family's outputs); decoder latent_dim -> decoder_hidden -> 784
+    Bernoulli logits. `seed` starts the trunk, the head's mean and scale rows, its other rows and the
+    decoder from separate streams."""
+
+    def __init__(self, config: VAEConfig, seed=0):
         super().__init__()
-        self.latent_dim, self.family, self.rank = latent_dim, family, rank
-        self.scale_transform, self.scale_floor, self.offdiag_scale = scale_transform, scale_floor, offdiag_scale
-        self.head_size = head_size(family, latent_dim, rank)
-        self.encoder = mlp([IMAGE_SIZE, *hidden, self.head_size], activation)
-        self.decoder = mlp([latent_dim, *reversed(hidden), IMAGE_SIZE], activation)
-        if offdiag_init == "zero":
-            # every family starts as the diagonal model: off-diagonal head outputs are exactly zero
-            head = self.encoder[-1]
-            with torch.no_grad():
-                head.weight[2 * latent_dim:].zero_()
-                head.bias[2 * latent_dim:].zero_()
+        self.config = config
+        self.latent_dim, self.family = config.latent_dim, FAMILIES[config.family.name]
+        self.head_size = config.head_size
+        trunk = seeded(seed, 1, lambda: mlp([IMAGE_SIZE, *config.encoder_hidden], config.activation))
+        width = config.encoder_hidden[-1]
+        # nn.Linear draws every row from the same distribution (bounds depend on fan-in only), so the head is
+        # built as two pieces and joined: its first 2d rows do not depend on how many rows follow
+        pieces = [seeded(seed, 2, lambda: nn.Linear(width, 2 * config.latent_dim))]
+        if self.head_size > 2 * config.latent_dim:
+            pieces.append(seeded(seed, 3, lambda: nn.Linear(width, self.head_size - 2 * config.latent_dim)))
+        head = nn.Linear(width, self.head_size)
+        with torch.no_grad():
+            head.weight.copy_(torch.cat([piece.weight for piece in pieces]))
+            head.bias.copy_(torch.cat([piece.bias for piece in pieces]))
+        self.family.init_head(head, config.latent_dim, config.family)
+        self.encoder = nn.Sequential(*trunk, ACTIVATIONS[config.activation](), head)
+        self.decoder = seeded(seed, 4, lambda: mlp([config.latent_dim, *config.decoder_hidden, IMAGE_SIZE],
+                                                   config.activation))
 
     def posterior(self, x):
-        head = self.encoder(x)
-        mean, raw_scale, offdiag = head.split([self.latent_dim, self.latent_dim, self.head_size - 2 * self.latent_dim], -1)
-        scale = positive_scale(raw_scale, self.scale_transform, self.scale_floor)
-        return FAMILIES[self.family](mean, scale, offdiag * self.offdiag_scale)
+        return self.family.from_head(self.encoder(x), self.latent_dim, self.config.family)
 
     def log_likelihood(self, x, z):
         """log p(x|z) in nats for z of shape (..., B, d); x of shape (B, 784) holds Bernoulli means."""
         logits = self.decoder(z)
         return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
 
-    def forward(self, x):
+    def forward(self, x, noise=None):
         """Per-image reconstruction term -log p(x|z) (one sample) and KL(q(z|x) || N(0, I)), in nats."""
         q = self.posterior(x)
-        z = q.rsample_z(1)[0]
+        z = q.rsample_z(1, noise)[0]
         return -self.log_likelihood(x, z), q.kl_to_standard_normal()
 
 
-def build_hidden(cfg):
-    """The run's hidden sizes: model.hidden, widened for an equal-budget run (model.match_params)."""
+def encoder_matching(config: VAEConfig, target: VAEConfig):
+    """Encoder hidden sizes scaled by one common factor so that `config` has the total parameter count of
+    `target` (within 1%; found by bisection on the factor). The decoder is left as it is."""
+    goal = sum(target.parameter_counts())
+
+    def widened(factor):
+        hidden = [max(1, round(width * factor)) for width in config.encoder_hidden]
+        return dataclasses.replace(config, encoder_hidden=hidden)
+
+    low, high = 0.01, 100.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        if sum(widened(middle).parameter_counts()) < goal:
+            low = middle
+        else:
+            high = middle
+    return min((widened(low), widened(high)), key=lambda c: abs(sum(c.parameter_counts()) - goal))
+
+
+def vae_config(cfg) -> VAEConfig:
+    """The run's VAEConfig: model.hidden for encoder and (reversed) decoder; with model.match_params, the
+    encoder widened so that the run has the parameter count that family would have (equal budget)."""
     hidden = list(cfg.model.hidden)
+    config = VAEConfig(cfg.latent_dim, hidden, hidden[::-1], str(cfg.model.activation), cfg.family)
     target = cfg.model.match_params
     if target is None or target == cfg.family.name:
-        return hidden
-    target_rank = cfg.model.match_rank if target == "lowrank" else 0
-    matched = hidden_matching(cfg.latent_dim, hidden, cfg.family.name, cfg.family.rank, target, target_rank)
-    goal = sum(parameter_counts(cfg.latent_dim, hidden, target, target_rank))
-    got = sum(parameter_counts(cfg.latent_dim, matched, cfg.family.name, cfg.family.rank))
+        return config
+    target_family = SimpleNamespace(name=str(target), rank=cfg.model.match_rank if FAMILIES[target].uses_rank else 0)
+    matched = encoder_matching(config, dataclasses.replace(config, family=target_family))
+    goal = sum(dataclasses.replace(config, family=target_family).parameter_counts())
+    got = sum(matched.parameter_counts())
     if abs(got - goal) > 0.01 * goal:
         logging.getLogger(__name__).warning("model.match_params=%s: integer layer widths reach %d parameters, "
                                             "%.1f%% from the target %d", target, got, 100 * (got - goal) / goal, goal)
     return matched
 
 
-def build_model(cfg, hidden):
-    family = cfg.family
-    return VAE(cfg.latent_dim, hidden, cfg.model.activation, family.name, family.rank,
-               family.scale_transform, family.scale_floor, family.offdiag_init, family.offdiag_scale)
+def build_model(cfg) -> VAE:
+    return VAE(vae_config(cfg), cfg.seed)

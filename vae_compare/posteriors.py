@@ -1,7 +1,8 @@
-"""Gaussian posterior families q(z|x), each a small class with one interface.
+"""Gaussian posterior families q(z|x), each a small class with one interface (`PosteriorFamily`).
 
-The encoder head of every family is laid out as [mean (d) | diagonal scale (d) | off-diagonal part],
-so the three families differ only in the off-diagonal part:
+A family turns the encoder's head outputs into a distribution (`from_head`) and says how its part of
+the head starts (`init_head`). The families here lay the head out as [mean (d) | diagonal scale (d) |
+off-diagonal part], so they differ only in the off-diagonal part:
 
     diag      nothing                           2d outputs
     cholesky  strictly-lower entries of L       d + d(d+1)/2 outputs
@@ -10,14 +11,39 @@ so the three families differ only in the off-diagonal part:
 Every family gives, per image: rsample with log q(z) computed from the reparameterisation noise,
 the closed-form KL to the standard-normal prior, log q(z) of any z, and its covariance matrix.
 Nothing here inverts or solves a d x d matrix.
+
+Noise comes from an optional pair of generators (`Noise`): the first d dimensions of every family's
+noise come from one, any extra dimensions (lowrank's k) from the other, so two families trained at
+one seed see the same first-d noise at every step.
 """
 
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+class Noise:
+    """Standard-normal noise from two generators: `latent` for the first d dimensions of a sample,
+    `extra` for dimensions a family adds beyond d. Without a Noise, families draw from torch's global RNG."""
+
+    def __init__(self, seed, device):
+        self.latent = torch.Generator(device).manual_seed(seed * 1_000_003 + 11)
+        self.extra = torch.Generator(device).manual_seed(seed * 1_000_003 + 12)
+
+    def state(self):
+        return {"latent": self.latent.get_state(), "extra": self.extra.get_state()}
+
+    def load_state(self, state):
+        self.latent.set_state(state["latent"])
+        self.extra.set_state(state["extra"])
+
+
+def standard_normal(shape, like, generator):
+    return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
 
 
 def positive_scale(raw, transform, floor):
@@ -40,7 +66,40 @@ class DiagGaussian:
 
     @staticmethod
     def head_formula(latent_dim, rank):
+        """The head size as the closed form in d and k (params.csv), written apart from head_split."""
         return 2 * latent_dim
+
+    @classmethod
+    def head_split(cls, latent_dim, rank):
+        """Widths of the head's parts, in order: mean, raw diagonal scale, off-diagonal part."""
+        return [latent_dim, latent_dim, cls.offdiag_size(latent_dim, rank)]
+
+    @classmethod
+    def head_size(cls, latent_dim, rank):
+        return sum(cls.head_split(latent_dim, rank))
+
+    @classmethod
+    def rank_error(cls, latent_dim, rank):
+        """Why family.rank is out of range for this family, or None."""
+        return None if rank == 0 else f"family.rank applies to low-rank families only; {cls.name} needs rank=0, got {rank}"
+
+    @classmethod
+    def from_head(cls, head, latent_dim, family_cfg):
+        """The distribution of each image from its head outputs (..., head_size)."""
+        mean, raw_scale, offdiag = head.split(cls.head_split(latent_dim, family_cfg.rank), -1)
+        scale = positive_scale(raw_scale, family_cfg.scale_transform, family_cfg.scale_floor)
+        return cls(mean, scale, offdiag * family_cfg.offdiag_scale)
+
+    @classmethod
+    def init_head(cls, layer, latent_dim, family_cfg):
+        """Start the off-diagonal rows of the head layer (PyTorch's default init is already applied).
+
+        zero: exactly zero weights and biases, so step 0 is the diagonal model; default: keep PyTorch's."""
+        rows = slice(2 * latent_dim, None)
+        if family_cfg.offdiag_init == "zero":
+            with torch.no_grad():
+                layer.weight[rows].zero_()
+                layer.bias[rows].zero_()
 
     def __init__(self, mean, scale, offdiag=None):
         self.mean, self.scale = mean, scale
@@ -52,28 +111,34 @@ class DiagGaussian:
     def variances(self):
         return self.scale.square()
 
-    def noise_dim(self):
-        return self.latent_dim
+    def extra_noise_dim(self):
+        """Noise dimensions beyond d (lowrank's k)."""
+        return 0
 
     def noise_to_z(self, eps):
-        """eps (S, B, noise_dim) -> z (S, B, d)."""
+        """eps (S, B, d + extra_noise_dim) -> z (S, B, d)."""
         return self.mean + self.scale * eps
 
     def log_q_from_noise(self, eps, z):
         # z = mean + A eps with A square: log q(z) = log N(eps; 0, I) - log |det A|, no solve needed
         return -0.5 * eps.square().sum(-1) - 0.5 * self.log_det_cov() - 0.5 * self.latent_dim * LOG_2PI
 
-    def noise(self, num_samples):
-        shape = (num_samples,) + self.mean.shape[:-1] + (self.noise_dim(),)
-        return torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)
+    def noise(self, num_samples, noise=None):
+        """eps of shape (S, B, d + extra): the first d dimensions and the extra ones from separate generators."""
+        batch_shape = (num_samples,) + self.mean.shape[:-1]
+        eps = standard_normal(batch_shape + (self.latent_dim,), self.mean, noise and noise.latent)
+        if self.extra_noise_dim() == 0:
+            return eps
+        extra = standard_normal(batch_shape + (self.extra_noise_dim(),), self.mean, noise and noise.extra)
+        return torch.cat((eps, extra), -1)
 
-    def rsample_z(self, num_samples):
+    def rsample_z(self, num_samples, noise=None):
         """Reparameterised z of shape (S, B, d), without log q (training needs only z)."""
-        return self.noise_to_z(self.noise(num_samples))
+        return self.noise_to_z(self.noise(num_samples, noise))
 
-    def rsample(self, num_samples):
+    def rsample(self, num_samples, noise=None):
         """z of shape (S, B, d) and log q(z) of shape (S, B), from the noise that made z."""
-        eps = self.noise(num_samples)
+        eps = self.noise(num_samples, noise)
         z = self.noise_to_z(eps)
         return z, self.log_q_from_noise(eps, z)
 
@@ -154,6 +219,12 @@ class LowRankGaussian(DiagGaussian):
     def head_formula(latent_dim, rank):
         return latent_dim * (rank + 2)
 
+    @classmethod
+    def rank_error(cls, latent_dim, rank):
+        if 1 <= rank <= latent_dim:
+            return None
+        return f"family.rank must be in 1..latent_dim ({latent_dim}) for {cls.name}, got {rank}"
+
     def __init__(self, mean, scale, offdiag):
         super().__init__(mean, scale)
         self.factor = offdiag.unflatten(-1, (self.latent_dim, -1))  # V: (B, d, k)
@@ -172,8 +243,8 @@ class LowRankGaussian(DiagGaussian):
     def variances(self):
         return self.scale.square() + self.factor.square().sum(-1)
 
-    def noise_dim(self):
-        return self.latent_dim + self.rank
+    def extra_noise_dim(self):
+        return self.rank
 
     def noise_to_z(self, eps):
         # z = mean + D^1/2 eps_d + V eps_k: O(dk) per sample
@@ -201,8 +272,35 @@ class LowRankGaussian(DiagGaussian):
         return torch.diag_embed(self.scale.square()) + self.factor @ self.factor.transpose(-1, -2)
 
 
+@runtime_checkable
+class PosteriorFamily(Protocol):
+    """What a posterior family provides: the README's extension contract. Class-level members describe
+    the family (names, head layout, rank rule, start); instance members are one batch of distributions."""
+
+    name: str
+    head_formula_text: str
+    uses_rank: bool
+
+    def head_formula(self, latent_dim, rank): ...
+    def head_split(self, latent_dim, rank): ...
+    def head_size(self, latent_dim, rank): ...
+    def rank_error(self, latent_dim, rank): ...
+    def from_head(self, head, latent_dim, family_cfg): ...
+    def init_head(self, layer, latent_dim, family_cfg): ...
+    def extra_noise_dim(self): ...
+    def noise_to_z(self, eps): ...
+    def log_q_from_noise(self, eps, z): ...
+    def rsample(self, num_samples, noise=None): ...
+    def rsample_z(self, num_samples, noise=None): ...
+    def log_prob(self, z): ...
+    def log_det_cov(self): ...
+    def variances(self): ...
+    def kl_to_standard_normal(self): ...
+    def covariance(self): ...
+
+
 FAMILIES = {family.name: family for family in (DiagGaussian, CholeskyGaussian, LowRankGaussian)}
 
 
 def head_size(family, latent_dim, rank):
-    return 2 * latent_dim + FAMILIES[family].offdiag_size(latent_dim, rank)
+    return FAMILIES[family].head_size(latent_dim, rank)

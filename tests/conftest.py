@@ -35,3 +35,17 @@ def run_cli(args, cwd, timeout=300, env=None):
 def start_cli(args, cwd):
     return subprocess.Popen([str(CLI), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "120"})
+
+
+def make_vae(latent_dim, hidden, activation, family, rank=0, scale_transform="exp", scale_floor=0.0,
+             offdiag_init="zero", offdiag_scale=1.0, seed=0):
+    """A VAE built in-process from plain values (encoder hidden sizes `hidden`, the decoder's reversed)."""
+    from omegaconf import OmegaConf
+
+    from vae_compare.config import FamilyConfig
+    from vae_compare.model import VAE, VAEConfig
+
+    family_cfg = OmegaConf.structured(FamilyConfig(name=family, rank=rank, scale_transform=scale_transform,
+                                                   scale_floor=scale_floor, offdiag_init=offdiag_init,
+                                                   offdiag_scale=offdiag_scale))
+    return VAE(VAEConfig(latent_dim, list(hidden), list(hidden)[::-1], activation, family_cfg), seed)

@@ -68,7 +68,7 @@ BAD_INPUTS = [
     (["latent_dim=two"], "latent_dim must be an integer"),
     (["family=lowrank", "family.rank=0"], "family.rank must be in 1..latent_dim"),
     (["family=lowrank", "family.rank=5"], "family.rank must be in 1..latent_dim"),
-    (["family=cholesky", "family.rank=2"], "family.rank applies to lowrank only"),
+    (["family=cholesky", "family.rank=2"], "family.rank applies to low-rank families only"),
     (["train.batch_size=0"], "train.batch_size must be an integer >= 1"),
     (["train.lr=0"], "train.lr must be a number > 0"),
     (["train.lr=-1e-3"], "train.lr must be a number > 0"),

@@ -20,7 +20,15 @@ def data_cfg(**overrides):
 
 @pytest.fixture(scope="module")
 def full_load():
-    return data.load(data_cfg(), seed=0, device=torch.device("cpu"))
+    return load_all(data_cfg(), 0)
+
+
+def load_all(cfg, seed):
+    """(folder, training data, validation split, test split), loaded as a run and its evaluation do."""
+    folder, train, val = data.load_training(cfg, seed, torch.device("cpu"))
+    test_folder, test = data.load_test(cfg, torch.device("cpu"))
+    assert test_folder == folder
+    return folder, train, val, test
 
 
 def test_real_mnist_splits_and_pixels(full_load):
@@ -57,7 +65,7 @@ def test_epoch_resumes_mid_way_with_the_same_batches(full_load):
 
 @pytest.mark.parametrize("mode", ["static", "none"])
 def test_static_and_grey_levels(mode):
-    _, train, _, test = data.load(data_cfg(binarize=mode, train_size=1000, test_size=100), 0, torch.device("cpu"))
+    _, train, _, test = load_all(data_cfg(binarize=mode, train_size=1000, test_size=100), 0)
     _, batch_a, _ = next(train.epoch_batches(0, 1000))
     _, batch_b, _ = next(train.epoch_batches(1, 1000))
     assert torch.allclose(batch_a.sum(0), batch_b.sum(0))  # the same images every epoch, only shuffled

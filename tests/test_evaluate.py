@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import make_vae
 from vae_compare import evaluate
 from vae_compare.data import Split
-from vae_compare.model import VAE
 
 NUM_IMAGES = 8
 # The IWAE estimate has a relative standard error of std(w) / (mean(w) sqrt(k)) per image. On these models
@@ -35,7 +35,7 @@ def tiny_vae(latent_dim, family, rank=0, seed=0, offdiag_init="default"):
     are bounded. q still differs enough from the posterior that ELBO < log p(x) by a clear margin.
     """
     torch.manual_seed(seed)
-    model = VAE(latent_dim, [16], "tanh", family, rank, offdiag_init=offdiag_init)
+    model = make_vae(latent_dim, [16], "tanh", family, rank, offdiag_init=offdiag_init)
     with torch.no_grad():
         model.decoder[-1].weight.mul_(0.3)
         model.encoder[-1].weight.mul_(0.1)
@@ -201,7 +201,7 @@ def test_chunk_sizes_agree_with_real_sampling():
 
 
 def test_default_chunk_size_respects_the_budget():
-    model = VAE(2, [16, 1000], "relu", "diag")
+    model = make_vae(2, [16, 1000], "relu", "diag")
     widest = 1000  # the decoder's layers are 2 -> 1000 -> 16 -> 784
     for device in ("cpu", "cuda"):
         budget = evaluate.DECODER_ELEMENT_BUDGET[device]
@@ -232,7 +232,7 @@ def test_summarize_log_px():
 def test_active_units_counts_dimensions_with_varying_posterior_mean():
     torch.manual_seed(0)
     latent_dim = 5
-    model = VAE(latent_dim, [32], "tanh", "diag")
+    model = make_vae(latent_dim, [32], "tanh", "diag")
     head = model.encoder[-1]
     inactive = [1, 3]
     with torch.no_grad():
@@ -287,7 +287,7 @@ def test_diagnostics_of_a_diagonal_posterior_are_trivial():
 @pytest.mark.parametrize("family,rank,offdiag_scale", [("cholesky", 0, 1.0), ("lowrank", 1, 5.0)])
 def test_diagnostics_of_a_correlated_posterior(family, rank, offdiag_scale, monkeypatch):
     torch.manual_seed(0)
-    model = VAE(3, [16], "tanh", family, rank, offdiag_init="default", offdiag_scale=offdiag_scale)
+    model = make_vae(3, [16], "tanh", family, rank, offdiag_init="default", offdiag_scale=offdiag_scale)
     split = Split(random_images(12))
     # the condition number uses a leading subset of images; make it cross a batch boundary
     monkeypatch.setattr(evaluate, "CONDITION_NUMBER_IMAGES", 7)
@@ -314,7 +314,7 @@ FINAL_KEYS = {"elbo", "kl", "recon", "log_px", "log_px_stderr", "iwae_samples", 
 
 def final_metrics_check(device):
     torch.manual_seed(0)
-    model = VAE(3, [16], "tanh", "lowrank", 1, offdiag_init="default").to(device)
+    model = make_vae(3, [16], "tanh", "lowrank", 1, offdiag_init="default").to(device)
     split = Split(random_images(10).to(device))
     eval_cfg = SimpleNamespace(iwae_samples=20, chunk_size=None, active_threshold=0.01)
     metrics = evaluate.final_metrics(model, split, eval_cfg, batch_size=4)

@@ -13,7 +13,9 @@ import pytest
 from rich.console import Console
 
 from vae_compare import UserError
-from vae_compare.report import PLOTS, build_report, main, paired_gain, t_975
+from vae_compare.report import build_report, main
+from vae_compare.report.plots import PLOTS
+from vae_compare.report.stats import paired_gain, t_975
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAMILY_DEFAULTS = {
@@ -194,7 +196,7 @@ def test_unfinished_runs_are_ignored_and_counted(sweep):
 def test_plots_are_png_and_linked(sweep):
     _, out, _ = sweep
     report = (out / "report.md").read_text()
-    for name in PLOTS:
+    for name, _, _ in PLOTS:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
         assert f"]({name})" in report
     assert len(PLOTS) == 5
@@ -224,7 +226,7 @@ def test_other_settings_split_groups(tmp_path):
         if g["family"] == "cholesky":
             assert g["baseline"] == "diag" and g["gain_n"] == 2
             assert g["gain"] == pytest.approx(-1.0 if "0.1)" in g["variant"] else 1.0)
-    for name in PLOTS:  # one latent_dim only: the plots still render
+    for name, _, _ in PLOTS:  # one latent_dim only: the plots still render
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from vae_compare.model import VAE
+from conftest import make_vae
 from vae_compare.train import learning_rate
 
 
@@ -32,7 +32,7 @@ def test_burda_schedule_scales_with_epochs():
 @pytest.mark.parametrize("family,rank", [("cholesky", 0), ("lowrank", 3)])
 def test_zero_init_starts_as_the_diagonal_model(family, rank):
     torch.manual_seed(0)
-    model = VAE(6, [32], "relu", family, rank, "softplus", 1e-3, "zero", 0.01)
+    model = make_vae(6, [32], "relu", family, rank, "softplus", 1e-3, "zero", 0.01)
     q = model.posterior(torch.rand(5, 784))
     assert torch.allclose(q.covariance(), torch.diag_embed(q.variances()))
     head = model.encoder[-1]
@@ -45,7 +45,7 @@ def test_zero_init_starts_as_the_diagonal_model(family, rank):
 
 def test_default_init_is_not_diagonal():
     torch.manual_seed(0)
-    model = VAE(6, [32], "relu", "cholesky", 0, "softplus", 1e-3, "default", 1.0)
+    model = make_vae(6, [32], "relu", "cholesky", 0, "softplus", 1e-3, "default", 1.0)
     q = model.posterior(torch.rand(5, 784))
     assert not torch.allclose(q.covariance(), torch.diag_embed(q.variances()))
 
@@ -53,8 +53,8 @@ def test_default_init_is_not_diagonal():
 def test_offdiag_scale_multiplies_the_offdiagonal_outputs():
     torch.manual_seed(0)
     x = torch.rand(3, 784)
-    big = VAE(4, [16], "relu", "cholesky", 0, "softplus", 1e-3, "default", 1.0)
-    small = VAE(4, [16], "relu", "cholesky", 0, "softplus", 1e-3, "default", 0.01)
+    big = make_vae(4, [16], "relu", "cholesky", 0, "softplus", 1e-3, "default", 1.0)
+    small = make_vae(4, [16], "relu", "cholesky", 0, "softplus", 1e-3, "default", 0.01)
     small.load_state_dict(big.state_dict())
     assert torch.allclose(small.posterior(x).offdiag, 0.01 * big.posterior(x).offdiag)
     assert torch.equal(small.posterior(x).mean, big.posterior(x).mean)

@@ -4,10 +4,13 @@
     vae-compare evaluate RUN_FOLDER [overrides]  re-evaluate a finished run (e.g. eval.iwae_samples=5000)
     vae-compare report FOLDER                    summarize every run below FOLDER
 
-Hydra owns sys.argv, so the subcommand word is removed before Hydra sees the arguments. Every
-override is composed and checked before any job starts, so bad input is one line, not a traceback.
+Hydra owns sys.argv, so the subcommand word is removed before Hydra sees the arguments; Hydra's own flags
+pass through untouched. Every override is composed and checked before any job starts, so bad input is one
+line, not a traceback.
 """
 
+import argparse
+import itertools
 import logging
 import os
 import shutil
@@ -22,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 
 from vae_compare import UserError, data
-from vae_compare.config import validate
+from vae_compare.config import type_name, validate
 from vae_compare.export import CHECKPOINT, FAILED_FILE, check_writable
 
 USAGE = __doc__.split("\n\n")[1] + """
@@ -36,8 +39,6 @@ Examples:
 """
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_FAILED_JOBS = 2, 3, 1
 DEFAULT_THREADS = torch.get_num_threads()
-# The number of jobs in this sweep, for the joblib workers' thread count.
-SWEEP_JOBS_ENV = "VAE_COMPARE_SWEEP_JOBS"
 
 
 def fail(message, code=EXIT_USER_ERROR):
@@ -47,26 +48,31 @@ def fail(message, code=EXIT_USER_ERROR):
 
 # ---- checking overrides before Hydra runs anything ----------------------------------------------
 def hydra_error_line(error):
-    """One line from a Hydra/OmegaConf composition error."""
+    """One line from a Hydra/OmegaConf composition error; a value of the wrong type names the type it needs."""
+    cause = error.__cause__
+    full_key = getattr(cause, "full_key", None)
+    if full_key and ("could not be converted" in str(cause) or "Invalid value" in str(cause)):
+        return f"{full_key} must be {type_name(full_key)}, got {getattr(cause, 'value', None)!r}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     message = lines[0] if lines else type(error).__name__
     options = getattr(error, "options", None)
     if options:
         message += f"; available: {', '.join(options)}"
-    if error.__cause__ is not None:
-        message += f" ({str(error.__cause__).splitlines()[0]})"
+    if cause is not None:
+        message += f" ({str(cause).splitlines()[0]})"
     return message
 
 
 def job_overrides(overrides, multirun):
-    """The override list of every job the command would run."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The override list of every job the command would run: the product of every sweep's values."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     if not multirun:
         return [overrides]
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    values = [[f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override()
+              else [o.input_line] for o in parsed]
+    return [list(job) for job in itertools.product(*values)]
 
 
 def compose(overrides, with_hydra=False):
@@ -78,6 +84,7 @@ def compose(overrides, with_hydra=False):
 
 
 def check_overrides(overrides, multirun):
+    """Compose and check every job before any starts; returns the composed configs."""
     try:
         jobs = job_overrides(overrides, multirun)
         configs = [(job, compose(job, with_hydra=True)) for job in jobs]
@@ -89,7 +96,6 @@ def check_overrides(overrides, multirun):
             validate(cfg)
         except UserError as error:
             fail(f"{error}" + (f" (job: {' '.join(job)})" if multirun and len(jobs) > 1 else ""))
-    os.environ[SWEEP_JOBS_ENV] = str(len(jobs))
     resuming = configs[0][1].resume is not None
     if not multirun and not resuming and (Path(output_dir) / CHECKPOINT).exists():
         fail(f"{output_dir} already holds a run; continue it with: vae-compare train resume={output_dir}")
@@ -100,6 +106,19 @@ def check_overrides(overrides, multirun):
                 data.locate(cfg.data.name, cfg.data.root)
     except UserError as error:
         fail(str(error))
+    return [cfg for _, cfg in configs]
+
+
+def joblib_workers(configs, overrides):
+    """With the joblib launcher, an explicit hydra.launcher.n_jobs: no more workers than jobs, so that
+    torch_threads gives each job cores / workers threads. None for other launchers or when the user set it."""
+    launcher = configs[0].hydra.launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower() or any(
+            o.startswith("hydra.launcher.n_jobs=") for o in overrides):
+        return None
+    cores = os.cpu_count() or 1
+    workers = launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs
+    return max(1, min(workers, len(configs)))
 
 
 def resume_overrides(overrides):
@@ -120,17 +139,16 @@ def resume_overrides(overrides):
 
 # ---- the Hydra app -------------------------------------------------------------------------------
 def torch_threads(cfg):
-    """train.threads; under the joblib launcher cores / jobs running at once, so jobs do not oversubscribe;
-    else torch's default (set every time: the basic launcher runs every job in this one process)."""
+    """train.threads; under the joblib launcher cores / workers, so jobs do not oversubscribe; else torch's
+    default (set every time: the basic launcher runs every job in this one process)."""
     if cfg.train.threads is not None:
         return cfg.train.threads
     launcher = HydraConfig.get().launcher
     if "joblib" not in str(launcher.get("_target_", "")).lower():
         return DEFAULT_THREADS
     cores = os.cpu_count() or 1
-    parallel = launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs
-    parallel = min(parallel, int(os.environ.get(SWEEP_JOBS_ENV, parallel)))
-    return max(1, cores // max(1, parallel))
+    workers = launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs
+    return max(1, cores // max(1, workers))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -189,14 +207,38 @@ def remove_if_empty(folder):
         pass
 
 
+def hydra_flags():
+    """Hydra's own command-line flags, mirrored so the dispatcher can tell flags (and their values) from
+    overrides without reordering anything."""
+    parser = argparse.ArgumentParser(prog="vae-compare train", add_help=False, exit_on_error=False)
+    parser.add_argument("overrides", nargs="*")
+    for flags in (("-h", "--help"), ("--hydra-help",), ("--version",), ("--resolve",), ("-r", "--run"),
+                  ("-m", "--multirun"), ("--experimental-rerun",)):
+        parser.add_argument(*flags, action="store_true" if flags[0] != "--experimental-rerun" else "store")
+    for flags in (("-c", "--cfg"), ("-p", "--package"), ("-cp", "--config-path"), ("-cn", "--config-name"),
+                  ("-cd", "--config-dir"), ("-sc", "--shell-completion")):
+        parser.add_argument(*flags)
+    parser.add_argument("-i", "--info", nargs="?", const="all")
+    return parser
+
+
 def train_command(args):
-    wants_help = any(a in ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--cfg") for a in args)
-    multirun = "-m" in args or "--multirun" in args
-    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        options = hydra_flags().parse_intermixed_args(args)
+    except argparse.ArgumentError as error:
+        fail(str(error))
+    wants_help = options.help or options.hydra_help or options.version or options.cfg or options.info \
+        or options.shell_completion
     if not wants_help:
-        overrides = resume_overrides(overrides)
-        check_overrides(overrides, multirun)
-        args = [a for a in args if a.startswith("-")] + overrides
+        overrides = resume_overrides(options.overrides)
+        configs = check_overrides(overrides, options.multirun)
+        workers = joblib_workers(configs, overrides) if options.multirun else None
+        if workers is not None:
+            overrides = overrides + [f"hydra.launcher.n_jobs={workers}"]
+        flags = list(args)
+        for override in options.overrides:  # the flags stay in place; the overrides go last
+            flags.remove(override)
+        args = flags + overrides
     sys.argv = ["vae-compare train", *args]
     from vae_compare import sweep
 
@@ -206,15 +248,19 @@ def train_command(args):
 
 
 def evaluate_command(args):
-    from vae_compare.train import evaluate_run
+    from vae_compare.config import EVALUATE_KEYS
+    from vae_compare.finish import evaluate_run
 
-    usage = "usage: vae-compare evaluate RUN_FOLDER [eval.iwae_samples=N eval.chunk_size=N device=cpu|cuda data.root=DIR]"
-    if args and args[0] in ("-h", "--help"):
-        print(usage)
-        return
-    if not args or args[0].startswith("-"):
-        fail(usage)
-    evaluate_run(Path(args[0]), args[1:], get_console())
+    parser = argparse.ArgumentParser(prog="vae-compare evaluate", exit_on_error=False,
+                                     description="Re-evaluate a finished run's best weights without retraining.")
+    parser.add_argument("folder", type=Path, metavar="RUN_FOLDER")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help=f"any of: {', '.join(sorted(EVALUATE_KEYS))} (e.g. eval.iwae_samples=5000)")
+    try:
+        options = parser.parse_args(args)
+    except argparse.ArgumentError as error:
+        fail(f"{error}; {parser.format_usage().strip()}")
+    evaluate_run(options.folder, options.overrides, get_console())
 
 
 def report_command(args):

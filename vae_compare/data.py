@@ -102,11 +102,10 @@ def locate(name: str, root) -> Path:
     return download(name)
 
 
-def load_arrays(name: str, root):
-    folder = locate(name, root)
-    images = {split: read_idx(find_file(folder, FILES[f"{split}_images"]), IMAGE_MAGIC, EXPECTED_COUNT[split])
-              for split in ("train", "test")}
-    return folder, images
+def read_images(folder: Path, split: str) -> torch.Tensor:
+    """One split's images as floats in [0, 1], shape (N, 784), on the CPU."""
+    images = read_idx(find_file(folder, FILES[f"{split}_images"]), IMAGE_MAGIC, EXPECTED_COUNT[split])
+    return torch.from_numpy(images.copy()).flatten(1).float().div_(255)
 
 
 def cpu_bernoulli(pixels, seed):
@@ -167,23 +166,31 @@ class TrainingData:
             yield step, batch, generator
 
 
-def load(cfg, seed, device):
-    """Build (data folder, training data, validation split, test split) on the device."""
-    folder, images = load_arrays(cfg.name, cfg.root)
-    train_images = torch.from_numpy(images["train"].copy()).to(device).flatten(1).float().div_(255)
-    test_images = torch.from_numpy(images["test"].copy()).to(device).flatten(1).float().div_(255)
+def evaluation_split(cfg, pixels, offset):
+    """Validation (offset 0) or test (offset 1) images: one fixed draw shared by every run on every device,
+    so all runs are scored on the same binary images."""
+    if cfg.binarize == "none":
+        return Split(pixels)
+    return Split(cpu_bernoulli(pixels, cfg.eval_binarize_seed + offset))
+
+
+def load_training(cfg, seed, device):
+    """(data folder, training data, validation split) on the device: the last val_size training images
+    are the validation split."""
+    folder = locate(cfg.name, cfg.root)
+    train_images = read_images(folder, "train").to(device)
     if cfg.val_size >= len(train_images):
         raise UserError(f"data.val_size={cfg.val_size} leaves no training images (the training set has {len(train_images)})")
     train_part, val_part = train_images[:-cfg.val_size], train_images[-cfg.val_size:]
     if cfg.train_size is not None:
         train_part = train_part[:cfg.train_size]
+    return folder, TrainingData(train_part, cfg.binarize, seed), evaluation_split(cfg, val_part, 0)
+
+
+def load_test(cfg, device):
+    """(data folder, test split) on the device; reads only the test files."""
+    folder = locate(cfg.name, cfg.root)
+    test_images = read_images(folder, "test").to(device)
     if cfg.test_size is not None:
         test_images = test_images[:cfg.test_size]
-
-    def evaluation_split(pixels, offset):
-        # one fixed draw shared by every run on every device, so all runs are scored on the same binary images
-        if cfg.binarize == "none":
-            return Split(pixels)
-        return Split(cpu_bernoulli(pixels, cfg.eval_binarize_seed + offset))
-
-    return folder, TrainingData(train_part, cfg.binarize, seed), evaluation_split(val_part, 0), evaluation_split(test_images, 1)
+    return folder, evaluation_split(cfg, test_images, 1)

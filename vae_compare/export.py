@@ -17,20 +17,26 @@ from vae_compare import UserError
 
 METRICS_FILE, PARAMS_FILE, SUMMARY_FILE = "metrics.csv", "params.csv", "summary.json"
 CHECKPOINT, BEST, FINAL_FILE = "checkpoint.pt", "best.pt", "final.csv"
-# Config values that do not change a run's results.
-NON_RESULT_KEYS = {"data.root", "device", "resume", "train.threads", "train.log_every", "train.image_every",
-                   "eval.chunk_size"}
 # A sweep job that failed leaves this file (its overrides and the error) instead of a summary.
 FAILED_FILE = "failed.txt"
 UMASK = os.umask(0)
 os.umask(UMASK)
+# The temporary file of the write in progress, so that an exit that skips cleanup (a second Ctrl-C) can remove it.
+PENDING_TEMP = None
+
+
+def remove_pending_temp():
+    if PENDING_TEMP is not None and os.path.exists(PENDING_TEMP):
+        os.unlink(PENDING_TEMP)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    global PENDING_TEMP
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        PENDING_TEMP = tmp
         os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; result files get the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -49,6 +55,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         if isinstance(error, OSError):
             raise UserError(f"cannot write {path}: {error.strerror or error}") from None
         raise
+    finally:
+        PENDING_TEMP = None
 
 
 def atomic_torch_save(path: Path, obj) -> None:
@@ -94,19 +102,6 @@ def check_writable(folder: Path, create=True) -> None:
         raise UserError(f"output folder {folder} is not writable: {error.strerror or error}") from None
 
 
-def flatten(config, prefix=""):
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists (hidden sizes) become "512-256"."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        elif isinstance(value, list):
-            flat[prefix + key] = "-".join(str(v) for v in value)
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def load_torch(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -124,22 +119,22 @@ def read_summary(folder: Path):
     return summary if summary.get("status") == "complete" else None
 
 
-def params_row(cfg, model, hidden):
-    """The parameter-count table row of one run."""
-    from vae_compare.posteriors import FAMILIES
-
+def params_row(cfg, model):
+    """The parameter-count table row of one run. head_outputs is the built layer's width; head_formula is the
+    family's closed form in d and k, written apart from the code that splits the head, so the two check each other."""
     encoder = sum(p.numel() for p in model.encoder.parameters() if p.requires_grad)
     decoder = sum(p.numel() for p in model.decoder.parameters() if p.requires_grad)
     return {
-        "family": cfg.family.name,
+        "family": str(cfg.family.name),
         "latent_dim": cfg.latent_dim,
         "rank": cfg.family.rank,
-        "hidden": "-".join(str(h) for h in hidden),
-        "head_outputs": model.head_size,
-        "head_formula": FAMILIES[cfg.family.name].head_formula(cfg.latent_dim, cfg.family.rank),
+        "hidden": "-".join(str(h) for h in model.config.encoder_hidden),
+        "head_outputs": model.encoder[-1].out_features,
+        "head_formula": model.family.head_formula(cfg.latent_dim, cfg.family.rank),
         "encoder_params": encoder,
         "decoder_params": decoder,
         "total_params": encoder + decoder,
+        "decoder_hidden": "-".join(str(h) for h in model.config.decoder_hidden),
     }
 
 

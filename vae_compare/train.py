@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from vae_compare import UserError, data, evaluate, export
-from vae_compare.export import BEST, CHECKPOINT, FINAL_FILE, load_torch, read_summary
-from vae_compare.model import build_hidden, build_model
+from vae_compare import UserError, checkpoint, data, evaluate, export, finish
+from vae_compare.config import plain
+from vae_compare.export import BEST, CHECKPOINT, read_summary
+from vae_compare.model import build_model
+from vae_compare.posteriors import Noise
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,10 @@ class Interrupted(Exception):
 
 
 class SignalGuard:
-    """First SIGINT/SIGTERM: finish the current step, then checkpoint and stop. Second: exit at once
-    (every file is written atomically, so nothing is left half-written). With `immediate` set (during
-    evaluation, where there is no step to finish) the first signal stops at once."""
+    """First SIGINT/SIGTERM: finish the current step, then checkpoint and stop. Second: exit at once, after
+    removing the temporary file of a write in progress (every file is written to a temporary name and
+    renamed, so nothing is left half-written). With `immediate` set (during evaluation, where there is no
+    step to finish) the first signal stops at once."""
 
     def __enter__(self):
         self.received = None
@@ -52,6 +53,7 @@ class SignalGuard:
 
     def handle(self, signum, frame):
         if self.received is not None:
+            export.remove_pending_temp()
             os._exit(128 + signum)
         self.received = signum
         if self.immediate:
@@ -87,27 +89,15 @@ def learning_rate(train_cfg, epoch):
     return train_cfg.lr * 10 ** (-(BURDA_STAGES - 1) / 7)
 
 
-HPARAM_KEYS = ("data.name", "data.binarize", "family.name", "family.rank", "family.scale_transform",
-               "family.scale_floor", "family.offdiag_init", "family.offdiag_scale", "model.activation",
-               "model.match_params", "latent_dim", "seed", "train.epochs", "train.batch_size", "train.lr",
-               "train.lr_schedule", "train.kl_weight", "train.grad_clip", "model.hidden")
-
-
-def hparams_of(cfg):
-    """Flat scalar hyperparameters, the same keys for every run (rank 0 for diag)."""
-    flat = export.flatten(OmegaConf.to_container(cfg, resolve=True))
-    return {key: "none" if flat[key] is None else flat[key] for key in HPARAM_KEYS}
-
-
 def make_optimizer(model, lr):
     # fused: one kernel for all parameters; measured 4x faster per Adam step on the CPU (README, Speed)
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
-def train_step(model, optimizer, batch, kl_weight, max_norm):
+def train_step(model, optimizer, batch, kl_weight, max_norm, noise=None):
     """One Adam step on a batch. Returns the loss, per-image reconstruction and KL terms and the gradient
     norm, all left on the device (no host sync). Non-finite values are for the caller to detect."""
-    recon, kl = model(batch)
+    recon, kl = model(batch, noise)
     loss = (recon + kl_weight * kl).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -117,17 +107,18 @@ def train_step(model, optimizer, batch, kl_weight, max_norm):
 
 
 class Run:
-    """State and files of one training run."""
+    """State and files of one training run. It owns its position (epoch, step): train_epoch advances it."""
 
     def __init__(self, cfg, folder: Path):
         self.cfg, self.folder = cfg, folder
         self.device = pick_device(cfg.device)
+        # nothing here draws from the global RNGs (every stream has its own generator); they are seeded and
+        # checkpointed for code that might
         torch.manual_seed(cfg.seed)
-        # nothing here draws from Python's RNG; it is seeded and checkpointed for code that might
         random.seed(cfg.seed)
-        self.data_folder, self.train_data, self.val, self.test = data.load(cfg.data, cfg.seed, self.device)
-        self.hidden = build_hidden(cfg)
-        self.model = build_model(cfg, self.hidden).to(self.device)
+        self.data_folder, self.train_data, self.val = data.load_training(cfg.data, cfg.seed, self.device)
+        self.model = build_model(cfg).to(self.device)
+        self.noise = Noise(cfg.seed, self.device)
         self.optimizer = make_optimizer(self.model, learning_rate(cfg.train, 0))
         self.metrics = []  # one dict per finished epoch
         self.best = {"val_elbo": -math.inf, "epoch": -1}
@@ -135,10 +126,10 @@ class Run:
         # epoch and step reached; mid_epoch holds the epoch's running sums when a signal stopped it mid-way
         self.epoch, self.step, self.mid_epoch = 0, 0, None
         if (folder / CHECKPOINT).exists():
-            self.load_checkpoint(folder / CHECKPOINT)
+            self.restore(checkpoint.load(folder / CHECKPOINT, plain(cfg)))
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def checkpoint_state(self):
+    def state(self):
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -149,16 +140,17 @@ class Run:
             "best_weights": self.best_weights,
             "metrics": self.metrics,
             "device": self.device.type,
+            "noise": self.noise.state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "python_rng": random.getstate(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "config": plain(self.cfg),
         }
 
     def save_checkpoint(self):
         """The checkpoint first, then the files derived from it: a kill in between leaves them behind it,
         and the next start rewrites them from the checkpoint."""
-        export.atomic_torch_save(self.folder / CHECKPOINT, self.checkpoint_state())
+        checkpoint.save(self.folder / CHECKPOINT, self.state())
         self.write_derived_files()
 
     def write_derived_files(self):
@@ -167,18 +159,16 @@ class Run:
         if self.best_weights is not None:
             export.atomic_torch_save(self.folder / BEST, self.best_weights)
 
-    def load_checkpoint(self, path):
-        state = load_torch(path)
-        if not isinstance(state, dict) or "config" not in state:
-            raise UserError(f"{path} is not a vae-compare checkpoint")
-        check_same_config(path, state["config"], OmegaConf.to_container(self.cfg, resolve=True))
+    def restore(self, state):
+        path = self.folder / CHECKPOINT
         if state["mid_epoch"] is not None and state["device"] != self.device.type:
             raise UserError(f"{path} was stopped mid-epoch on {state['device']}; resume it on {state['device']} "
                             f"(device={state['device']})")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as error:
+            self.noise.load_state(state["noise"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise UserError(f"{path} does not match this run's model ({str(error).splitlines()[0]})") from None
         self.epoch, self.step, self.mid_epoch = state["epoch"], state["step"], state["mid_epoch"]
         self.best, self.best_weights, self.metrics = state["best"], state["best_weights"], state["metrics"]
@@ -192,6 +182,7 @@ class Run:
 
     # ---- training ------------------------------------------------------------------------------
     def train_epoch(self, progress, task, guard):
+        """Train the rest of the current epoch, then advance to the next; returns the epoch's train metrics."""
         cfg, model = self.cfg.train, self.model
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.epoch)
@@ -207,13 +198,13 @@ class Run:
         started = time.perf_counter()
         batches = self.train_data.epoch_batches(self.epoch, cfg.batch_size, self.step, mid_epoch["generator"])
         for step, batch, generator in batches:
-            loss, recon, kl, grad_norm = train_step(model, self.optimizer, batch, cfg.kl_weight, max_norm)
+            loss, recon, kl, grad_norm = train_step(model, self.optimizer, batch, cfg.kl_weight, max_norm, self.noise)
             finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
             first_bad_step = torch.where((first_bad_step < 0) & ~finite, step, first_bad_step)
             sums += torch.stack((recon.sum(), kl.sum()))
             images += batch.shape[0]
             self.step = step + 1
-            if self.step % self.cfg.train.log_every == 0 or self.step == steps:
+            if self.step % cfg.log_every == 0 or self.step == steps:
                 self.check_finite(first_bad_step)
                 running = -(sums[0] + sums[1]).item() / images
                 progress.update(task, completed=self.step, elbo=f"{running:.2f}")
@@ -226,10 +217,10 @@ class Run:
                                   "generator": generator.get_state()}
                 self.save_checkpoint()
                 guard.check()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        evaluate.synchronize(self.device)
         seconds = seconds_before + time.perf_counter() - started
         recon, kl = (sums / images).tolist()
+        self.epoch, self.step, self.mid_epoch = self.epoch + 1, 0, None
         return {"elbo": -(recon + kl), "kl": kl, "recon": recon, "seconds": seconds, "images_per_second": images / seconds}
 
     def last_good(self):
@@ -262,9 +253,9 @@ class Run:
         try:
             while self.epoch < cfg.epochs:
                 train_metrics = self.train_epoch(progress, task, guard)
+                epoch = self.epoch  # the epoch just finished, counted from 1
                 self.model.eval()
                 val_metrics = evaluate.elbo_terms(self.model, self.val)
-                epoch = self.epoch + 1
                 row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
                 row.update({f"train_{k}": v for k, v in train_metrics.items()})
                 row.update({f"val_{k}": v for k, v in val_metrics.items()})
@@ -281,7 +272,6 @@ class Run:
                     self.best = {"val_elbo": val_metrics["elbo"], "epoch": epoch}
                     self.best_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 self.metrics.append(row)
-                self.epoch, self.step, self.mid_epoch = epoch, 0, None
                 self.save_checkpoint()
                 log.info("epoch %d/%d  train ELBO %.2f  val ELBO %.2f  KL %.2f  %.1f s",
                          epoch, cfg.epochs, train_metrics["elbo"], val_metrics["elbo"], val_metrics["kl"],
@@ -290,96 +280,27 @@ class Run:
         finally:
             tensorboard.close()
 
-
-def check_same_config(path, saved, current):
-    """A resumed run must continue the same experiment: only settings that do not change results, and the
-    evaluation settings (the final evaluation can be redone), may differ."""
-    saved, current = export.flatten(saved), export.flatten(current)
-    for key in sorted(set(saved) | set(current)):
-        may_differ = key in export.NON_RESULT_KEYS or key.startswith("eval.")
-        if not may_differ and saved.get(key) != current.get(key):
-            raise UserError(f"{path} was trained with {key}={saved.get(key)!r}, this run has {current.get(key)!r}; "
-                            f"resume with the run's own settings (vae-compare train resume=<run folder>)")
-
-
-def finish(run):
-    """Evaluate the best checkpoint on the test set and write summary.json, final.csv and TensorBoard's final/."""
-    cfg = run.cfg
-    run.model.load_state_dict(run.best_weights)
-    run.model.eval()
-    final = evaluate.final_metrics(run.model, run.test, cfg.eval, show_progress=True)
-    epochs = run.metrics
-    seconds = [row["train_seconds"] for row in epochs]
-    params = export.params_row(cfg, run.model, run.hidden)
-    summary = {
-        "status": "complete",
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "device": str(run.device),
-        "torch": torch.__version__,
-        "data_folder": str(run.data_folder),
-        "params": params,
-        "best_epoch": run.best["epoch"],
-        "best_val_elbo": run.best["val_elbo"],
-        "seconds_per_epoch": sum(seconds) / len(seconds),
-        "images_per_second": sum(row["train_images_per_second"] for row in epochs) / len(epochs),
-        "test": final,
-    }
-    write_final(run.folder, cfg, summary)
-    return summary
-
-
-def write_final(folder, cfg, summary):
-    """Write the finished run's results: final.csv, TensorBoard final/ and hparams, then summary.json last."""
-    final = summary["test"]
-    row = {**hparams_of(cfg), **{f"test_{k}": v for k, v in final.items()},
-           "best_epoch": summary["best_epoch"], "seconds_per_epoch": summary["seconds_per_epoch"],
-           **{k: v for k, v in summary["params"].items() if k not in ("family", "latent_dim", "rank")}}
-    export.write_csv(folder / FINAL_FILE, [row])
-    tensorboard = export.TensorBoard(folder)
-    try:
-        tensorboard.scalars(final, summary["best_epoch"], "final")
-        tensorboard.hparams(hparams_of(cfg), {f"hparams/test_{k}": final[k] for k in
-                                              ("log_px", "elbo", "kl", "active_units", "logdet_gap")})
-    finally:
-        tensorboard.close()
-    export.write_json(folder / export.SUMMARY_FILE, summary)
-
-
-def summary_table(summary):
-    table = Table(title=f"{summary['config']['family']['name']}, latent_dim {summary['config']['latent_dim']}: "
-                        f"test set, best epoch {summary['best_epoch']}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    test = summary["test"]
-    rows = [
-        ("log p(x), IWAE k=%d (nats)" % test["iwae_samples"], f"{test['log_px']:.2f} ± {test['log_px_stderr']:.2f}"),
-        ("ELBO (nats)", f"{test['elbo']:.2f}"),
-        ("KL (nats)", f"{test['kl']:.2f}"),
-        ("reconstruction (nats)", f"{test['recon']:.2f}"),
-        ("active units", f"{test['active_units']} / {summary['config']['latent_dim']}"),
-        ("mean |off-diagonal correlation|", f"{test['offdiag_corr']:.3f}"),
-        ("log-det gap (nats)", f"{test['logdet_gap']:.3f}"),
-        ("median condition number", f"{test['condition_number']:.2f}"),
-        ("best validation ELBO", f"{summary['best_val_elbo']:.2f}"),
-        ("head outputs / total parameters", f"{summary['params']['head_outputs']} / {summary['params']['total_params']:,}"),
-        ("seconds per epoch", f"{summary['seconds_per_epoch']:.2f}"),
-        ("IWAE evaluation seconds", f"{test['iwae_seconds']:.1f}"),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
+    def training_summary(self):
+        """What summary.json records about training, before the test-set numbers are added."""
+        seconds = [row["train_seconds"] for row in self.metrics]
+        return {
+            "best_epoch": self.best["epoch"],
+            "best_val_elbo": self.best["val_elbo"],
+            "seconds_per_epoch": sum(seconds) / len(seconds),
+            "images_per_second": sum(row["train_images_per_second"] for row in self.metrics) / len(self.metrics),
+        }
 
 
 def train(cfg, folder: Path, console: Console):
     """Train (or continue) the run in `folder` and evaluate it; returns its summary."""
     existing = read_summary(folder)
     if existing is not None:
-        check_same_config(folder / export.SUMMARY_FILE, existing["config"], OmegaConf.to_container(cfg, resolve=True))
+        checkpoint.check_same_config(folder / export.SUMMARY_FILE, existing["config"], plain(cfg))
         log.info("%s is already complete; skipping", folder)
         return existing
     export.check_writable(folder)
     run = Run(cfg, folder)
-    export.write_csv(folder / export.PARAMS_FILE, [export.params_row(cfg, run.model, run.hidden)])
+    export.write_csv(folder / export.PARAMS_FILE, [export.params_row(cfg, run.model)])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ELBO {task.fields[elbo]}"),
                TimeRemainingColumn())
     with SignalGuard() as guard:
@@ -387,42 +308,8 @@ def train(cfg, folder: Path, console: Console):
             run.fit(guard, progress)
         guard.immediate = True
         guard.check()  # a signal that came during the last validation pass
-        summary = finish(run)
-    console.print(summary_table(summary))
-    return summary
-
-
-def evaluate_run(folder: Path, overrides, console: Console):
-    """Re-evaluate a finished run's best checkpoint, e.g. with more importance samples, without retraining."""
-    folder = folder.expanduser().resolve()
-    config_path = folder / ".hydra" / "config.yaml"
-    if not config_path.exists() or not (folder / BEST).exists():
-        raise UserError(f"{folder} is not a trained vae-compare run folder (needs .hydra/config.yaml and {BEST})")
-    summary = read_summary(folder)
-    if summary is None:
-        raise UserError(f"{folder} has not finished training; continue it with: vae-compare train resume={folder}")
-    cfg = OmegaConf.load(config_path)
-    OmegaConf.set_struct(cfg, True)  # a misspelt key is an error, not a new key
-    allowed = ("eval.", "device=", "data.root=")
-    for override in overrides:
-        if not override.startswith(allowed) or "=" not in override:
-            raise UserError(f"evaluate takes only eval.*, device= and data.root= overrides, got {override!r}")
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    except Exception as error:  # OmegaConf raises several types for unknown keys and bad values
-        raise UserError(f"bad override: {str(error).splitlines()[0]}") from None
-    from vae_compare.config import validate
-
-    validate(cfg)
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    _, _, _, test = data.load(cfg.data, cfg.seed, device)
-    model = build_model(cfg, build_hidden(cfg)).to(device)
-    model.load_state_dict(load_torch(folder / BEST))
-    model.eval()
-    summary["test"] = evaluate.final_metrics(model, test, cfg.eval, show_progress=True)
-    summary["config"] = OmegaConf.to_container(cfg, resolve=True)
-    summary["device"] = str(device)
-    write_final(folder, cfg, summary)
-    console.print(summary_table(summary))
+        run.model.load_state_dict(run.best_weights)
+        summary = finish.evaluate_and_write(folder, cfg, run.model, run.device, run.training_summary(),
+                                            data_folder=run.data_folder)
+    console.print(finish.summary_table(summary))
     return summary

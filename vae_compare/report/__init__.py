@@ -1,0 +1,61 @@
+"""`vae-compare report FOLDER`: summarize every finished run below FOLDER.
+
+Writes summary.csv (one row per run), report.md (groups, paired gains over diag, parameter counts,
+a verdict computed from the numbers, plots) and five PNG plots, and prints the group table.
+
+A group is dataset x latent_dim x settings x variant. The variant is the posterior family (with its
+rank for lowrank, its own settings when they vary, and the family it was widened to match for
+equal-budget runs); the settings are the other config values that vary across the runs (learning
+rate, epochs, ...). Each variant is compared with diag at the same dataset, latent_dim and settings,
+paired by seed: runs with the same seed see the same data order and binarization, so per-seed
+differences cancel part of the run-to-run noise that a mean-vs-mean comparison would carry.
+"""
+
+import argparse
+from pathlib import Path
+
+from rich import get_console
+
+from vae_compare import UserError, export
+from vae_compare.report.collect import config_keys, family_order, find_runs, label_runs, varying
+from vae_compare.report.plots import write_plots
+from vae_compare.report.render import group_table, report_markdown, rich_table, summary_rows, verdict
+from vae_compare.report.stats import make_groups
+
+
+def build_report(folder: Path, out: Path | None = None, console=None) -> dict:
+    """Summarize every finished run below folder into out (default: folder); returns the numbers."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    runs, unfinished = find_runs(folder)
+    if not runs:
+        raise UserError(f"no finished runs below {folder} (a finished run has summary.json with status complete)"
+                        + (f"; {unfinished} unfinished" if unfinished else ""))
+    out = folder if out is None else Path(out).expanduser()
+    export.check_writable(out)
+    setting_keys, family_keys = label_runs(runs)
+    runs.sort(key=lambda run: (run["dataset"], run["latent_dim"], run["setting"],
+                               family_order(run["family"]), run["variant"], run["seed"], run["path"]))
+    groups = make_groups(runs)
+    verdict_text = verdict(groups)
+    varying_keys = varying([run["config"] for run in runs], config_keys(runs))
+    export.write_csv(out / "summary.csv", summary_rows(runs, varying_keys))
+    write_plots(runs, groups, out)
+    markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys, verdict_text)
+    export.atomic_write(out / "report.md", markdown.encode())
+
+    console = console or get_console()
+    console.print(rich_table(*group_table(groups), title=f"{len(runs)} finished runs below {folder}"))
+    console.print(verdict_text)
+    console.print(f"report: {out / 'report.md'}")
+    return {"runs": len(runs), "unfinished": unfinished, "groups": groups, "verdict": verdict_text, "out": str(out)}
+
+
+def main(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="vae-compare report",
+                                     description="Summarize every finished run below FOLDER.")
+    parser.add_argument("folder", type=Path, metavar="FOLDER", help="a run, sweep or outputs folder")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="where to write the report (default: FOLDER)")
+    options = parser.parse_args(args)
+    build_report(options.folder, options.out)

@@ -6,7 +6,7 @@ VENV := .venv
 SHARED_DATA := $(abspath ../shared/data)
 export VAE_COMPARE_DATA ?= $(if $(wildcard $(SHARED_DATA)/mnist),$(SHARED_DATA))
 
-.PHONY: install train test bench
+.PHONY: install train test test-fast bench
 
 $(VENV)/installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ train: install
 
 test: install
 	$(VENV)/bin/python -m pytest -q
+
+# The in-process tier (posteriors, model, schema, data, estimators, report statistics): about a minute.
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: install
 	$(VENV)/bin/python scripts/bench.py $(ARGS)

@@ -33,7 +33,7 @@ from torch import distributions as D, nn
 
 from vae_compare import UserError, data, evaluate
 from vae_compare.cli import compose
-from vae_compare.model import IMAGE_SIZE, build_hidden, build_model
+from vae_compare.model import IMAGE_SIZE, build_model
 from vae_compare.posteriors import FAMILIES
 from vae_compare.train import Run, SignalGuard, make_optimizer, pick_device, train_step
 
@@ -182,11 +182,7 @@ def our_pipeline(data_root, folder, device, guard, max_batches):
     progress = Progress(disable=True)
     task = progress.add_task("", total=1, elbo="")
 
-    def epoch():
-        run.train_epoch(progress, task, guard)
-        run.epoch, run.step = run.epoch + 1, 0  # as Run.fit does between epochs
-
-    return epoch, len(run.train_data)
+    return (lambda: run.train_epoch(progress, task, guard)), len(run.train_data)
 
 
 def section_a(args, device):
@@ -234,7 +230,7 @@ def step_flops(model):
     """FLOPs of one training step on BATCH images: 3 x forward (forward + backward)."""
     encoder = [m.in_features for m in model.encoder if isinstance(m, nn.Linear)] + [model.head_size]
     decoder = [m.in_features for m in model.decoder if isinstance(m, nn.Linear)] + [IMAGE_SIZE]
-    forward = linear_flops(encoder) + linear_flops(decoder) + family_flops(model.family, model.latent_dim)
+    forward = linear_flops(encoder) + linear_flops(decoder) + family_flops(model.family.name, model.latent_dim)
     return 3 * forward * BATCH
 
 
@@ -242,7 +238,7 @@ def training_model(family, latent_dim, device):
     """The default model (hidden [512, 256]) of a family."""
     torch.manual_seed(0)
     cfg = compose([f"family={family}", f"latent_dim={latent_dim}", f"device={device.type}"])
-    return build_model(cfg, build_hidden(cfg)).to(device)
+    return build_model(cfg).to(device)
 
 
 def step_function(model, batch):

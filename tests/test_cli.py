@@ -10,7 +10,7 @@ import pytest
 
 from conftest import MNIST, TINY, run_cli
 
-pytestmark = pytest.mark.usefixtures("real_data")
+pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]
 
 
 def event_tags(folder):

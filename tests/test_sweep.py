@@ -13,7 +13,7 @@ from conftest import CLI, TINY, run_cli
 from vae_compare.cli import compose
 from vae_compare.model import vae_config
 
-pytestmark = pytest.mark.usefixtures("real_data")
+pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]
 
 SWEEP = ["-m", "hydra/launcher=joblib", "family=diag,cholesky", "latent_dim=2,4", "seed=0,1",
          *(o for o in TINY if not o.startswith("latent_dim="))]

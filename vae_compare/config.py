@@ -48,7 +48,7 @@ DatasetName = choices("DatasetName", DATASETS)
 Binarize = choices("Binarize", ("dynamic", "static", "none"))
 FamilyName = choices("FamilyName", FAMILIES)
 ScaleTransform = choices("ScaleTransform", ("exp", "softplus"))
-OffdiagInit = choices("OffdiagInit", ("zero", "default"))
+OffdiagInit = choices("OffdiagInit", ("zero", "random", "default"))
 Activation = choices("Activation", ACTIVATIONS)
 LrSchedule = choices("LrSchedule", ("constant", "burda"))
 
@@ -80,6 +80,10 @@ class FamilyConfig:
     scale_floor: float = key(0.0, minimum=0)
     offdiag_init: OffdiagInit = key("zero")
     offdiag_scale: float = key(0.0, minimum=0)
+    # standard deviation of the off-diagonal values at step 0 with offdiag_init=random
+    offdiag_init_std: float = key(0.0, minimum=0)
+    # fixed epsilon added to the covariance's diagonal (rank1sum: Sigma = V V^T + jitter I)
+    jitter: float = key(0.0, minimum=0)
 
 
 @dataclass

@@ -45,7 +45,7 @@ def test_help_lists_commands_and_options(tmp_path):
     assert top.returncode == 0 and "train" in top.stdout and "report" in top.stdout and "evaluate" in top.stdout
     train = run_cli(["train", "--help"], cwd=tmp_path)
     assert train.returncode == 0
-    assert "family: cholesky, diag, lowrank" in train.stdout and "experiment: burda2016, quick" in train.stdout
+    assert "family: cholesky, corr, diag, lowrank, rank1sum" in train.stdout and "experiment: burda2016, quick" in train.stdout
 
 
 def truncated_copy(folder):

@@ -193,6 +193,14 @@ def validate(cfg: DictConfig) -> None:
     family = FAMILIES[cfg.family.name]
     rank_error = family.rank_error(cfg.latent_dim, cfg.family.rank)
     _require(rank_error is None, rank_error)
+    _require(cfg.family.offdiag_init != "random" or cfg.family.offdiag_init_std > 0,
+             "family.offdiag_init=random needs family.offdiag_init_std > 0 (with 0 it is the zero start)")
+    _require(cfg.family.name != "rank1sum" or cfg.family.offdiag_scale > 0,
+             "family.offdiag_scale must be > 0 for rank1sum (V is its whole covariance)")
+    target = cfg.model.match_params
+    if target is not None and FAMILIES[target].uses_rank:
+        match_error = FAMILIES[target].rank_error(cfg.latent_dim, cfg.model.match_rank)
+        _require(match_error is None, f"model.match_rank: {match_error}".replace("family.rank ", "the rank "))
     # softplus underflows to 0 for very negative inputs; exp(raw / 2) does not in practice
     _require(cfg.family.scale_floor > 0 or cfg.family.scale_transform == "exp",
              "family.scale_floor must be > 0 with scale_transform=softplus (the scale must stay positive)")

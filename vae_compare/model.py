@@ -124,7 +124,8 @@ def vae_config(cfg) -> VAEConfig:
     target = cfg.model.match_params
     if target is None or target == cfg.family.name:
         return config
-    target_family = SimpleNamespace(name=str(target), rank=cfg.model.match_rank if FAMILIES[target].uses_rank else 0)
+    target_family = SimpleNamespace(name=str(target), rank=cfg.model.match_rank if FAMILIES[target].uses_rank else 0,
+                                    jitter=0.0)
     matched = encoder_matching(config, dataclasses.replace(config, family=target_family))
     goal = sum(dataclasses.replace(config, family=target_family).parameter_counts())
     got = sum(matched.parameter_counts())

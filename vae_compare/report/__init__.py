@@ -4,7 +4,7 @@ Writes summary.csv (one row per run), report.md (groups, paired gains over diag,
 a verdict computed from the numbers, plots) and five PNG plots, and prints the group table.
 
 A group is dataset x latent_dim x settings x variant. The variant is the posterior family (with its
-rank for lowrank, its own settings when they vary, and the family it was widened to match for
+rank for low-rank families, its own settings when they vary, and the family it was widened to match for
 equal-budget runs); the settings are the other config values that vary across the runs (learning
 rate, epochs, ...). Each variant is compared with diag at the same dataset, latent_dim and settings,
 paired by seed: runs with the same seed see the same data order and binarization, so per-seed

@@ -75,12 +75,13 @@ def label_runs(runs):
 def variant_label(config, family_keys):
     """e.g. "diag", "lowrank(k=4)", "cholesky(offdiag_scale=0.1)", "diag matched→cholesky"."""
     family = config["family.name"]
-    details = [f"k={config['family.rank']}"] if family == "lowrank" else []
+    uses_rank = family in FAMILIES and FAMILIES[family].uses_rank
+    details = [f"k={config['family.rank']}"] if uses_rank else []
     details += [f"{key.split('.', 1)[1]}={show(config.get(key))}" for key in family_keys]
     label = f"{family}({', '.join(details)})" if details else family
     target = config.get("model.match_params")
     if target is not None and target != family:
-        label += " matched→" + (f"lowrank(k={config['model.match_rank']})" if target == "lowrank" else target)
+        label += " matched→" + (f"{target}(k={config['model.match_rank']})" if FAMILIES[target].uses_rank else target)
     return label
 
 

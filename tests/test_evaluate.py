@@ -136,7 +136,7 @@ class ReplayPosterior:
         self.q, self.noise, self.used = q, noise, 0
         self.mean = q.mean
 
-    def rsample(self, num_samples):
+    def rsample(self, num_samples, noise=None):
         eps = self.noise[self.used:self.used + num_samples]
         assert eps.shape[0] == num_samples, "iwae_log_px asked for more samples than num_samples"
         self.used += num_samples
@@ -245,13 +245,39 @@ def test_active_units_counts_dimensions_with_varying_posterior_mean():
     active = [i for i in range(latent_dim) if i not in inactive]
     assert (variance[active] > 0.05).all() and (variance[inactive] == 0).all()
 
-    assert evaluate.active_units(model, split) == latent_dim - len(inactive)
-    assert evaluate.active_units(model, split, batch_size=10) == latent_dim - len(inactive)
-    assert evaluate.active_units(model, split, threshold=variance.max().item() + 1) == 0
+    means = evaluate.posterior_means(model, split)
+    torch.testing.assert_close(evaluate.posterior_means(model, split, batch_size=10), means, rtol=1e-5, atol=1e-6)
+    assert evaluate.active_units(means) == latent_dim - len(inactive)
+    assert evaluate.active_units(means, threshold=variance.max().item() + 1) == 0
     # the threshold is strict: exactly one unit exceeds the second-largest variance (computed as above in
     # float64 from the same single batch, so the values are bit-identical)
     second_largest = variance.sort().values[-2].item()
-    assert evaluate.active_units(model, split, threshold=second_largest) == 1
+    assert evaluate.active_units(means, threshold=second_largest) == 1
+
+
+def test_active_directions_do_not_depend_on_the_basis():
+    """12 informative directions in 16 dimensions: 12 coordinates when they are axis-aligned, all 16 after a
+    random rotation, while the rotation-invariant count stays 12."""
+    generator = torch.Generator().manual_seed(0)
+    informative = torch.zeros(2000, 16, dtype=torch.float64)
+    informative[:, :12] = torch.randn(2000, 12, generator=generator, dtype=torch.float64)
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=generator, dtype=torch.float64))
+    rotated = informative @ rotation.T
+    assert evaluate.active_units(informative) == 12 and evaluate.active_units(rotated) == 16
+    assert evaluate.active_directions(informative) == 12 and evaluate.active_directions(rotated) == 12
+    assert evaluate.active_directions(rotated[:1]) == 0
+
+
+def test_k_curve_rises_towards_the_grid_value():
+    model = tiny_vae(2, "cholesky")
+    pixels = random_images()
+    torch.manual_seed(3)
+    # each image 25 times, so the one-sample (k=1) mean is not at the mercy of a few draws
+    curve = evaluate.k_curve(model, Split(pixels.repeat(25, 1)), (1, 10, 100, 2000), chunk_size=64)
+    exact = grid_log_px(model, pixels).mean().item()
+    # nested samples: the k=1 value is the one-sample ELBO, and more samples tighten the bound
+    assert curve[1] < curve[10] < curve[100] < exact + 0.05
+    assert abs(curve[2000] - exact) < IWAE_TOLERANCE
 
 
 def independent_diagnostics(model, pixels, max_images):
@@ -309,14 +335,15 @@ def test_diagnostics_with_one_latent_dimension():
 
 
 FINAL_KEYS = {"elbo", "kl", "recon", "log_px", "log_px_stderr", "iwae_samples", "iwae_seconds", "active_units",
-              "offdiag_corr", "logdet_gap", "condition_number"}
+              "active_directions", "offdiag_corr", "logdet_gap", "condition_number", "log_px_k1", "log_px_k10",
+              "log_px_k20", "k_curve_images"}
 
 
 def final_metrics_check(device):
     torch.manual_seed(0)
     model = make_vae(3, [16], "tanh", "lowrank", 1, offdiag_init="default").to(device)
     split = Split(random_images(10).to(device))
-    eval_cfg = SimpleNamespace(iwae_samples=20, chunk_size=None, active_threshold=0.01)
+    eval_cfg = SimpleNamespace(iwae_samples=20, chunk_size=None, active_threshold=0.01, k_curve_images=5)
     metrics = evaluate.final_metrics(model, split, eval_cfg, batch_size=4)
     assert set(metrics) == FINAL_KEYS
     for key, value in metrics.items():

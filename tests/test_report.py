@@ -15,7 +15,7 @@ from rich.console import Console
 from vae_compare import UserError
 from vae_compare.report import build_report, main
 from vae_compare.report.plots import PLOTS
-from vae_compare.report.stats import paired_gain, t_975
+from vae_compare.report.stats import paired_gain, t_975, t_quantile
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAMILY_DEFAULTS = {
@@ -131,19 +131,22 @@ def test_summary_csv_has_one_row_per_finished_run(sweep):
 def test_paired_gain_matches_hand_computation(sweep):
     _, _, result = sweep
     chol = group(result, 8, "cholesky")
-    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.303
+    # differences 1, 2, 3: mean 2, sd 1; three variants are compared with diag at d=8 (cholesky, lowrank and
+    # the matched diag), so the Bonferroni-corrected quantile is t(1 - 0.05/6, 2) = 7.649
+    assert chol["comparisons"] == 3
     assert chol["gain"] == pytest.approx(2.0)
-    assert chol["gain_low"] == pytest.approx(2.0 - 4.303 / math.sqrt(3))
-    assert chol["gain_high"] == pytest.approx(2.0 + 4.303 / math.sqrt(3))
+    assert chol["gain_low"] == pytest.approx(2.0 - 7.6488 / math.sqrt(3), abs=1e-3)
+    assert chol["gain_high"] == pytest.approx(2.0 + 7.6488 / math.sqrt(3), abs=1e-3)
+    assert chol["gain_half_width"] == pytest.approx(7.6488 / math.sqrt(3), abs=1e-3)
     assert chol["gain_n"] == 3 and chol["baseline"] == "diag"
     lowrank = group(result, 8, "lowrank(k=2)")
     # differences 0.5, 0.6, 0.7: mean 0.6, sd 0.1
     assert lowrank["gain"] == pytest.approx(0.6)
-    assert lowrank["gain_low"] == pytest.approx(0.6 - 4.303 * 0.1 / math.sqrt(3))
+    assert lowrank["gain_low"] == pytest.approx(0.6 - 7.6488 * 0.1 / math.sqrt(3), abs=1e-3)
     chol2 = group(result, 2, "cholesky")
-    # differences -0.5, -0.7: mean -0.6, sd 0.1414, t(0.975, 1) = 12.706
+    # differences -0.5, -0.7: mean -0.6, sd 0.1414; two variants at d=2: t(1 - 0.05/4, 1) = 25.452
     assert chol2["gain"] == pytest.approx(-0.6)
-    assert chol2["gain_high"] == pytest.approx(-0.6 + 12.706 * math.sqrt(0.02) / math.sqrt(2))
+    assert chol2["gain_high"] == pytest.approx(-0.6 + 25.452 * math.sqrt(0.02) / math.sqrt(2), abs=1e-2)
     assert chol2["elbo_gain"] == pytest.approx(1.0)
     diag = group(result, 8, "diag")
     assert diag["n"] == 3 and diag["log_px_mean"] == pytest.approx(-101.0) and diag["log_px_std"] == pytest.approx(1.0)
@@ -159,22 +162,25 @@ def test_paired_gain_uses_shared_seeds_only():
 
 
 def test_t_quantiles():
-    assert t_975(1) == 12.706 and t_975(30) == 2.042
+    assert t_975(1) == pytest.approx(12.706, abs=1e-3) and t_975(30) == pytest.approx(2.042, abs=1e-3)
+    assert t_quantile(1 - 0.05 / 4, 2) == pytest.approx(6.205, abs=1e-3)  # Bonferroni over 2 comparisons, df 2
     assert t_975(60) == pytest.approx(2.0003, abs=1e-3)
     assert t_975(10_000) == pytest.approx(1.96, abs=1e-3)
 
 
-def test_verdict_names_the_winner(sweep):
+def test_verdict_names_a_winner_only_when_its_interval_excludes_zero(sweep):
     _, out, result = sweep
     text = result["verdict"]
     d8 = next(s for s in text.split(". ") if "latent_dim 8" in s)
-    assert "cholesky has the best mean test log p(x)" in d8 and "+2.00 nats over diag" in d8
-    assert "not distinguishable from diag" in d8 and "n=1–3 seeds" in d8
+    # lowrank's gain (+0.6, sd 0.1) is clear even after the correction; cholesky's larger mean (+2, sd 1) is not
+    assert "lowrank(k=2) beats diag in test log p(x) by +0.60 nats" in d8 and "n=1–3 seeds" in d8
+    assert "cholesky at +2.00 nats" in d8 and "not distinguishable from diag; no difference larger than ±6.42" in d8
+    assert "cholesky beats" not in d8 and "best" not in d8
+    assert "Bonferroni over 3" in d8
     d2 = next(s for s in text.split(". ") if "latent_dim 2" in s)
-    assert "diag has the best mean test log p(x)" in d2
-    assert "cholesky beats diag in ELBO" in d2
+    assert "cholesky beats diag in ELBO (+1.00 nats, 95% CI [+1.00, +1.00]) but not in log p(x)" in d2
     report = (out / "report.md").read_text()
-    assert text in report
+    assert text in report and "Bonferroni-corrected" in report
 
 
 def test_matched_runs_are_their_own_group(sweep):

@@ -7,7 +7,7 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
-from vae_compare.posteriors import LOG_2PI
+from vae_compare.posteriors import LOG_2PI, Noise
 
 
 @torch.no_grad()
@@ -47,8 +47,17 @@ def default_chunk_size(model, batch_size, device):
     return max(1, budget // (batch_size * widest))
 
 
+def log_weight_chunks(model, x, num_samples, chunk_size, noise=None):
+    """Importance log-weights log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x), for a batch of images, in
+    chunks of shape (samples, images) that add up to num_samples samples."""
+    q = model.posterior(x)
+    for start in range(0, num_samples, chunk_size):
+        z, log_q = q.rsample(min(chunk_size, num_samples - start), noise)
+        yield model.log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
+
+
 @torch.no_grad()
-def iwae_log_px(model, split, num_samples, chunk_size=None, batch_size=None, show_progress=False):
+def iwae_log_px(model, split, num_samples, chunk_size=None, batch_size=None, show_progress=False, noise=None):
     """Per-image importance-sampled estimate of log p(x) in nats (Burda et al. 2016), shape (N,).
 
     log p(x) ~ log (1/k) sum_s p(x|z_s) p(z_s) / q(z_s|x), with z_s ~ q(z|x). The k samples are drawn
@@ -63,16 +72,28 @@ def iwae_log_px(model, split, num_samples, chunk_size=None, batch_size=None, sho
     with Progress(transient=False, disable=not show_progress) as progress:
         task = progress.add_task(f"log p(x), k={num_samples}", total=len(split))
         for x in split.batches(batch_size):
-            q = model.posterior(x)
             # -inf is logsumexp's identity, so the first chunk needs no special case
-            log_sum_w = torch.full((x.shape[0],), -math.inf, dtype=q.mean.dtype, device=x.device)
-            for start in range(0, num_samples, chunk_size):
-                z, log_q = q.rsample(min(chunk_size, num_samples - start))
-                log_w = model.log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
+            log_sum_w = torch.full((x.shape[0],), -math.inf, dtype=split.pixels.dtype, device=x.device)
+            for log_w in log_weight_chunks(model, x, num_samples, chunk_size, noise):
                 log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
             estimates.append(log_sum_w - math.log(num_samples))
             progress.advance(task, x.shape[0])
     return torch.cat(estimates)
+
+
+@torch.no_grad()
+def k_curve(model, split, ks, chunk_size=None, batch_size=None, noise=None):
+    """Mean IWAE estimate of log p(x) at each k in ks, from nested samples: the estimate at k uses the first
+    k of the largest k's samples, so the curve shows how far the estimate is from converged."""
+    largest = max(ks)
+    batch_size = batch_size or IWAE_BATCH_SIZE
+    chunk_size = chunk_size or default_chunk_size(model, batch_size, split.pixels.device)
+    sums = dict.fromkeys(ks, 0.0)
+    for x in split.batches(batch_size):
+        log_w = torch.cat(list(log_weight_chunks(model, x, largest, chunk_size, noise))).double()
+        for k in ks:
+            sums[k] += (torch.logsumexp(log_w[:k], 0) - math.log(k)).sum().item()
+    return {k: total / len(split) for k, total in sums.items()}
 
 
 def summarize_log_px(values):
@@ -85,11 +106,26 @@ def summarize_log_px(values):
 
 
 @torch.no_grad()
-def active_units(model, split, threshold=0.01, batch_size=1000):
-    """Latent dimensions whose posterior mean varies over the data: Var_x(E_q[z_i]) > threshold (Burda et al. 2016)."""
-    means = torch.cat([model.posterior(x).mean for x in split.batches(batch_size)])
-    # float64 and the population variance, as in Burda et al.; the count is one host sync
-    return int((means.double().var(0, correction=0) > threshold).sum().item())
+def posterior_means(model, split, batch_size=1000):
+    """E_q[z|x] of every image, (N, d), in float64."""
+    return torch.cat([model.posterior(x).mean for x in split.batches(batch_size)]).double()
+
+
+def active_units(means, threshold=0.01):
+    """Coordinates whose posterior mean varies over the data: Var_x(E_q[z_i|x]) > threshold (Burda et al. 2016).
+    The count depends on the basis: a posterior that rotates its informative directions off the axes
+    counts more units than it uses."""
+    # the population variance, as in Burda et al.
+    return int((means.var(0, correction=0) > threshold).sum().item())
+
+
+def active_directions(means, threshold=0.01):
+    """The rotation-invariant count: eigenvalues of Cov_x(E_q[z|x]) above threshold, i.e. directions of the
+    latent space along which the posterior mean varies, whatever the basis."""
+    if means.shape[0] < 2:
+        return 0
+    covariance = torch.cov(means.T, correction=0).reshape(means.shape[1], means.shape[1])
+    return int((torch.linalg.eigvalsh(covariance) > threshold).sum().item())
 
 
 @torch.no_grad()
@@ -138,24 +174,37 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def final_metrics(model, split, eval_cfg, batch_size=1000, show_progress=False):
+# k of the IWAE convergence curve (beside the run's own k), on eval.k_curve_images test images.
+K_CURVE = (1, 10, 100, 1000)
+
+
+def final_metrics(model, split, eval_cfg, batch_size=1000, show_progress=False, seed=0):
     """All test-set numbers of a finished run, as a flat dict of Python floats and ints.
 
     batch_size applies to the single-pass evaluations; the IWAE pass picks its own image batch so that
-    eval_cfg.chunk_size keeps meaning "samples per decoder call per IWAE_BATCH_SIZE images".
+    eval_cfg.chunk_size keeps meaning "samples per decoder call per IWAE_BATCH_SIZE images". The noise comes
+    from generators seeded by `seed`, so two families evaluated at one seed share their first-d noise.
     """
-    metrics = elbo_terms(model, split, batch_size)
     device = split.pixels.device
+    metrics = elbo_terms(model, split, batch_size)
     # sync first so queued work from before is not billed to the IWAE pass
     synchronize(device)
     start = time.perf_counter()
     log_px = iwae_log_px(model, split, eval_cfg.iwae_samples, chunk_size=eval_cfg.chunk_size,
-                         show_progress=show_progress)
+                         show_progress=show_progress, noise=Noise(seed, device))
     synchronize(device)
     iwae_seconds = time.perf_counter() - start
     metrics["log_px"], metrics["log_px_stderr"] = summarize_log_px(log_px)
     metrics["iwae_samples"] = int(eval_cfg.iwae_samples)
     metrics["iwae_seconds"] = iwae_seconds
-    metrics["active_units"] = active_units(model, split, eval_cfg.active_threshold, batch_size)
+    means = posterior_means(model, split, batch_size)
+    metrics["active_units"] = active_units(means, eval_cfg.active_threshold)
+    metrics["active_directions"] = active_directions(means, eval_cfg.active_threshold)
     metrics.update(posterior_diagnostics(model, split, batch_size))
+    # the estimator's own convergence: a richer q also tightens the IWAE bound at a given k
+    ks = sorted({k for k in K_CURVE if k <= eval_cfg.iwae_samples} | {eval_cfg.iwae_samples})
+    subset = type(split)(split.pixels[:eval_cfg.k_curve_images])
+    curve = k_curve(model, subset, ks, eval_cfg.chunk_size, noise=Noise(seed + 1, device))
+    metrics.update({f"log_px_k{k}": value for k, value in curve.items()})
+    metrics["k_curve_images"] = len(subset)
     return metrics

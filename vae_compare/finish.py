@@ -17,7 +17,7 @@ from vae_compare.export import BEST, FINAL_FILE, load_torch, read_summary
 from vae_compare.model import build_model
 
 # Final numbers shown as TensorBoard hparams metrics.
-HPARAM_METRICS = ("log_px", "elbo", "kl", "active_units", "logdet_gap")
+HPARAM_METRICS = ("log_px", "elbo", "kl", "active_units", "active_directions", "logdet_gap")
 
 
 def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_folder=None) -> dict:
@@ -25,7 +25,7 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
     hparams, then summary.json last. `training` holds what summary.json records about training."""
     test_folder, test = data.load_test(cfg.data, device)
     model.eval()
-    final = evaluate.final_metrics(model, test, cfg.eval, show_progress=True)
+    final = evaluate.final_metrics(model, test, cfg.eval, show_progress=True, seed=cfg.seed)
     summary = {
         "status": "complete",
         "config": plain(cfg),
@@ -34,6 +34,8 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
         "data_folder": str(data_folder or test_folder),
         "params": export.params_row(cfg, model),
         **training,
+        # a Bernoulli likelihood of grey levels is not a normalised likelihood: say so wherever it is read
+        "likelihood": "bernoulli-grey-levels (not normalised)" if cfg.data.binarize == "none" else "bernoulli",
         "test": final,
     }
     row = {**hparams_of(cfg), **{f"test_{k}": v for k, v in final.items()},
@@ -51,8 +53,11 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
 
 
 def summary_table(summary):
+    grey = summary["config"]["data"]["binarize"] == "none"
     table = Table(title=f"{summary['config']['family']['name']}, latent_dim {summary['config']['latent_dim']}: "
-                        f"test set, best epoch {summary['best_epoch']}")
+                        f"test set, best epoch {summary['best_epoch']}",
+                  caption="data.binarize=none: Bernoulli log-likelihoods of grey levels, not normalised likelihoods"
+                  if grey else None)
     table.add_column("metric")
     table.add_column("value", justify="right")
     test = summary["test"]
@@ -61,7 +66,8 @@ def summary_table(summary):
         ("ELBO (nats)", f"{test['elbo']:.2f}"),
         ("KL (nats)", f"{test['kl']:.2f}"),
         ("reconstruction (nats)", f"{test['recon']:.2f}"),
-        ("active units", f"{test['active_units']} / {summary['config']['latent_dim']}"),
+        ("active units (coordinates, Burda et al.)", f"{test['active_units']} / {summary['config']['latent_dim']}"),
+        ("active directions (rotation-invariant)", f"{test['active_directions']} / {summary['config']['latent_dim']}"),
         ("mean |off-diagonal correlation|", f"{test['offdiag_corr']:.3f}"),
         ("log-det gap (nats)", f"{test['logdet_gap']:.3f}"),
         ("median condition number", f"{test['condition_number']:.2f}"),

@@ -9,23 +9,32 @@ from rich.table import Table
 from vae_compare.posteriors import FAMILIES
 from vae_compare.report.collect import family_order
 from vae_compare.report.plots import PLOTS
-from vae_compare.report.stats import cell
+from vae_compare.report.stats import CORRECTION, cell
 
 PARAM_COLUMNS = ("head_outputs", "head_formula", "encoder_params", "decoder_params", "total_params", "hidden")
 
 
+def interval(low, high):
+    return f"[{low:+.2f}, {high:+.2f}]"
+
+
 def significance(row):
+    """What the seeds say about one variant's gain over diag, with the smallest effect they could detect."""
     if row["gain_n"] == 0:
         return "no seed shared with diag"
     if row["gain_n"] == 1:
-        return "n=1 paired seed, no interval"
+        return "n=1 paired seed: no interval, no conclusion"
     low, high = row["gain_low"], row["gain_high"]
-    word = "significant" if low > 0 or high < 0 else "not distinguishable from diag"
-    return f"95% CI [{low:+.2f}, {high:+.2f}] over {row['gain_n']} paired seeds: {word}"
+    where = f"{interval(low, high)}, {row['gain_n']} paired seeds, {CORRECTION} over {row['comparisons']}"
+    if low > 0 or high < 0:
+        return f"95% CI {where}: distinguishable from diag"
+    bound = max(abs(low), abs(high))
+    return f"95% CI {where}: not distinguishable from diag; no difference larger than ±{bound:.2f} nats at 95%"
 
 
 def verdict(groups):
-    """One sentence per dataset x latent_dim x settings cell, joined into one paragraph."""
+    """One sentence per dataset x latent_dim x settings cell, joined into one paragraph. A variant is named
+    better or worse than diag only when its corrected interval excludes zero, never by its mean alone."""
     cells = defaultdict(list)
     for row in groups:
         cells[cell(row)].append(row)
@@ -34,29 +43,28 @@ def verdict(groups):
         where = f"{dataset}, latent_dim {latent_dim}" + (f", {setting}" if setting else "")
         seeds = sorted({row["n"] for row in rows})
         n_text = f"n={seeds[0]}" if len(seeds) == 1 else f"n={seeds[0]}–{seeds[-1]}"
-        best = max(rows, key=lambda row: row["log_px_mean"])
-        head = (f"{where} ({n_text} seeds per variant): {best['variant']} has the best mean test log p(x) "
-                f"({best['log_px_mean']:.2f} nats)")
-        if best["baseline"] is None:
-            sentence = head + "; there is no diag run to compare with"
-        elif best["variant"] == best["baseline"]:
-            others = [row for row in rows if row is not best]
-            sentence = head
-            if others:
-                runner = max(others, key=lambda row: row["log_px_mean"])
-                sentence += f"; the next best is {runner['variant']}"
-                if runner["gain"] is not None:
-                    sentence += f" at {runner['gain']:+.2f} nats from diag"
-                sentence += f" ({significance(runner)})"
-        elif best["gain"] is None:
-            sentence = head + f"; {significance(best)}"
-        else:
-            sentence = head + f", {best['gain']:+.2f} nats over diag ({significance(best)})"
+        others = [row for row in rows if row["baseline"] is not None and row["variant"] != row["baseline"]]
+        if rows[0]["baseline"] is None:
+            sentences.append(f"{where} ({n_text} seeds per variant): there is no diag run to compare with.")
+            continue
+        better = [row for row in others if row["gain_low"] is not None and row["gain_low"] > 0]
+        worse = [row for row in others if row["gain_high"] is not None and row["gain_high"] < 0]
+        unclear = [row for row in others if row not in better and row not in worse]
+        parts = [f"{row['variant']} beats diag in test log p(x) by {row['gain']:+.2f} nats ({significance(row)})"
+                 for row in better]
+        parts += [f"{row['variant']} is worse than diag by {row['gain']:+.2f} nats ({significance(row)})"
+                  for row in worse]
+        parts += [f"{row['variant']} {'at ' + format(row['gain'], '+.2f') + ' nats ' if row['gain'] is not None else ''}"
+                  f"({significance(row)})" for row in unclear]
+        sentence = f"{where} ({n_text} seeds per variant): " + ("; ".join(parts) if parts else "only diag was run")
         # a richer posterior can tighten the bound without improving the model itself
-        for row in rows:
-            if row["family"] != "diag" and row["elbo_gain"] is not None and row["elbo_gain"] > 0 >= row["gain"]:
-                sentence += (f"; {row['variant']} beats diag in ELBO ({row['elbo_gain']:+.2f} nats) "
-                             f"but not in log p(x) ({row['gain']:+.2f} nats)")
+        for row in others:
+            elbo_better = row["elbo_gain_low"] is not None and row["elbo_gain_low"] > 0
+            log_px_not = row["gain_high"] is not None and row["gain_low"] <= 0
+            if elbo_better and log_px_not:
+                sentence += (f"; {row['variant']} beats diag in ELBO ({row['elbo_gain']:+.2f} nats, 95% CI "
+                             f"{interval(row['elbo_gain_low'], row['elbo_gain_high'])}) but not in log p(x) "
+                             f"({row['gain']:+.2f} nats, {interval(row['gain_low'], row['gain_high'])})")
         sentences.append(sentence + ".")
     return " ".join(sentences)
 
@@ -93,7 +101,7 @@ def gain_text(row):
         return "no shared seed"
     if row["gain_n"] == 1:
         return f"{row['gain']:+.2f} (n=1)"
-    return f"{row['gain']:+.2f} [{row['gain_low']:+.2f}, {row['gain_high']:+.2f}]"
+    return f"{row['gain']:+.2f} {interval(row['gain_low'], row['gain_high'])}"
 
 
 def group_table(groups):
@@ -101,14 +109,14 @@ def group_table(groups):
     with_setting = any(row["setting"] for row in groups)
     header = ["dataset", "d"] + (["settings"] if with_setting else []) + [
         "variant", "n", "log p(x)", "ELBO", "gain vs diag [95% CI]", "head", "params", "s/epoch", "active",
-        "logdet gap"]
+        "active dir.", "logdet gap"]
     rows = []
     for row in groups:
         rows.append([row["dataset"], str(row["latent_dim"])] + ([row["setting"]] if with_setting else []) + [
             row["variant"], str(row["n"]), plus_minus(row["log_px_mean"], row["log_px_std"]),
             plus_minus(row["elbo_mean"], row["elbo_std"]), gain_text(row), f"{row['head_outputs_mean']:,.0f}",
             f"{row['total_params_mean']:,.0f}", f"{row['seconds_per_epoch_mean']:.2f}",
-            f"{row['active_units_mean']:.1f}", f"{row['logdet_gap_mean']:.3f}"])
+            f"{row['active_units_mean']:.1f}", f"{row['active_directions_mean']:.1f}", f"{row['logdet_gap_mean']:.3f}"])
     return header, rows
 
 
@@ -157,6 +165,10 @@ def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text):
     ]
     if split_keys:
         lines.append(f"Settings that vary across runs and split the groups: {', '.join(split_keys)}.")
+    grey = sum(run["config"].get("data.binarize") == "none" for run in runs)
+    if grey:
+        lines += ["", f"**{grey} runs use data.binarize=none**: their log p(x) and ELBO are Bernoulli log-likelihoods "
+                      "of grey levels, not normalised likelihoods; compare them only with each other."]
     lines += [
         "",
         "## Verdict",
@@ -168,8 +180,12 @@ def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text):
         f"Test log p(x) is the IWAE estimate (k = {', '.join(iwae)} samples) in nats, higher is better "
         "(NLL = −log p(x)); log p(x) and ELBO are mean ± sd over seeds. The gain is the mean per-seed difference "
         "log p(x)(variant) − log p(x)(diag) over the seeds both have, at the same dataset, latent_dim and "
-        "settings, with a 95% t-interval. d is latent_dim; head (encoder head outputs per image), params (total "
-        "parameters), s/epoch, active (active units) and logdet gap are means over seeds.",
+        f"settings, with a 95% t-interval {CORRECTION}-corrected for the number of variants compared with diag at "
+        "that latent_dim and settings (so a cell's intervals hold together at 95%); a half-width is the smallest "
+        "difference those seeds can tell from zero. d is latent_dim; head (encoder head outputs per image), params "
+        "(total parameters), s/epoch, active (coordinates whose posterior mean varies, Burda et al.), active dir. "
+        "(the rotation-invariant count: eigenvalues of Cov_x(E[z|x]) above the threshold) and logdet gap are means "
+        "over seeds.",
         "",
         markdown_table(*group_table(groups)),
         "",

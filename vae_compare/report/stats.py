@@ -11,14 +11,17 @@ METRICS = {
     "log_px": ("test", "log_px"),
     "elbo": ("test", "elbo"),
     "active_units": ("test", "active_units"),
+    "active_directions": ("test", "active_directions"),
     "logdet_gap": ("test", "logdet_gap"),
     "seconds_per_epoch": ("seconds_per_epoch",),
     "head_outputs": ("params", "head_outputs"),
     "total_params": ("params", "total_params"),
 }
-# Student t quantiles t_{0.975, df} for df = 1..30 (two-sided 95% intervals).
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+# Family-wise error rate of the comparisons in one cell (dataset x latent_dim x settings): the intervals are
+# Bonferroni-corrected for the number of variants compared with diag there, so all of a cell's intervals
+# hold together with 95% confidence.
+ALPHA = 0.05
+CORRECTION = "Bonferroni"
 
 
 def number(summary, path):
@@ -29,27 +32,54 @@ def number(summary, path):
 
 
 def mean_std(values):
-    values = list(values)
+    """Mean and sample sd; a metric that older runs did not record (NaN) is left out, and all-missing is NaN."""
+    values = [value for value in values if not math.isnan(value)]
+    if not values:
+        return math.nan, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def t_cdf(t, df):
+    """Student t distribution function, by Simpson's rule on the density from 0 to |t| (accurate to ~1e-10
+    for the quantiles used here; no SciPy needed)."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    density = lambda x: math.exp(log_norm - (df + 1) / 2 * math.log1p(x * x / df))  # noqa: E731
+    steps, width = 2000, abs(t)
+    h = width / steps
+    area = density(0) + density(width) + sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
+    half = area * h / 3
+    return 0.5 + half if t >= 0 else 0.5 - half
+
+
+def t_quantile(p, df):
+    """The p-quantile of Student's t with df degrees of freedom (p > 0.5), by bisection on t_cdf."""
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < p:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_cdf(middle, df) < p else (low, middle)
+    return (low + high) / 2
+
+
 def t_975(df):
-    if df <= len(T_975):
-        return T_975[df - 1]
-    # past the table: Cornish-Fisher expansion around the normal quantile, within 1e-3 of the exact value
-    z = 1.959964
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return t_quantile(0.975, df)
 
 
-def paired_gain(values, baseline):
-    """Mean of values[seed] - baseline[seed] over shared seeds with a 95% t interval (None for n < 2)."""
+def paired_gain(values, baseline, comparisons=1):
+    """Mean of values[seed] - baseline[seed] over shared seeds with a two-sided t interval at 1 - ALPHA,
+    Bonferroni-corrected for `comparisons` (None bounds for n < 2). half_width is the smallest effect these
+    seeds can tell from zero: differences inside ±half_width around the mean are not ruled out."""
     diffs = [values[seed] - baseline[seed] for seed in sorted(values.keys() & baseline.keys())]
+    empty = {"gain": None, "gain_low": None, "gain_high": None, "gain_half_width": None}
     if not diffs:
-        return {"gain": None, "gain_low": None, "gain_high": None, "gain_n": 0}
+        return {**empty, "gain_n": 0}
     mean, sd = mean_std(diffs)
-    half = None if sd is None else t_975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
-    return {"gain": mean, "gain_low": None if half is None else mean - half,
-            "gain_high": None if half is None else mean + half, "gain_n": len(diffs)}
+    if sd is None:
+        return {**empty, "gain": mean, "gain_n": 1}
+    half = t_quantile(1 - ALPHA / (2 * comparisons), len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    return {"gain": mean, "gain_low": mean - half, "gain_high": mean + half, "gain_half_width": half,
+            "gain_n": len(diffs)}
 
 
 def per_seed(runs, path):
@@ -94,14 +124,21 @@ def add_gains(groups, values):
     for row, seeds in zip(groups, values):
         if row["family"] == "diag" and not row["matched"]:
             baselines.setdefault(cell(row), (row, seeds))
+    comparisons = defaultdict(int)  # variants compared with diag per cell: the Bonferroni factor
+    for row in groups:
+        if cell(row) in baselines and baselines[cell(row)][0] is not row:
+            comparisons[cell(row)] += 1
     for row, seeds in zip(groups, values):
         base_row, base_seeds = baselines.get(cell(row), (None, None))
         row["baseline"] = base_row["variant"] if base_row else None
+        row["comparisons"] = comparisons[cell(row)]
         if base_row is None or base_row is row:
-            row.update({"gain": None, "gain_low": None, "gain_high": None, "gain_n": 0, "elbo_gain": None})
+            row.update({"gain": None, "gain_low": None, "gain_high": None, "gain_half_width": None, "gain_n": 0,
+                        "elbo_gain": None, "elbo_gain_low": None, "elbo_gain_high": None})
             continue
-        row.update(paired_gain(seeds["log_px"], base_seeds["log_px"]))
-        row["elbo_gain"] = paired_gain(seeds["elbo"], base_seeds["elbo"])["gain"]
+        row.update(paired_gain(seeds["log_px"], base_seeds["log_px"], row["comparisons"]))
+        elbo = paired_gain(seeds["elbo"], base_seeds["elbo"], row["comparisons"])
+        row.update({"elbo_gain": elbo["gain"], "elbo_gain_low": elbo["gain_low"], "elbo_gain_high": elbo["gain_high"]})
 
 
 def cell(row):

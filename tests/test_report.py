@@ -251,3 +251,18 @@ def test_main_rejects_missing_and_empty_folders(tmp_path):
     (tmp_path / "run" / "failed.txt").write_text("failed\n")
     with pytest.raises(UserError, match="1 unfinished"):
         main([str(tmp_path)])
+
+
+def test_select_picks_each_familys_setting_by_validation_elbo_only(tmp_path):
+    """Two learning rates per family; the better validation ELBO wins even when its test log p(x) is worse."""
+    for seed in (0, 1):
+        # diag: lr 3e-3 has the better validation ELBO (epochs of val ELBO end higher) but the worse test log p(x)
+        make_run(tmp_path / f"diag_lr1_s{seed}", "diag", 8, seed, -90.0, lr=1e-3, elbo=-110)
+        make_run(tmp_path / f"diag_lr3_s{seed}", "diag", 8, seed, -95.0, lr=3e-3, elbo=-100)
+        make_run(tmp_path / f"chol_lr1_s{seed}", "cholesky", 8, seed, -99.0, lr=1e-3, elbo=-101)
+        make_run(tmp_path / f"chol_lr3_s{seed}", "cholesky", 8, seed, -89.0, lr=3e-3, elbo=-104)
+    result = build_report(tmp_path, console=Console(file=io.StringIO(), width=200), select=True)
+    chosen = {row["family"]: row for row in result["selected"]}
+    assert "train.lr=0.003" in chosen["diag"]["overrides"] and chosen["diag"]["val_elbo"] == pytest.approx(-100 - 10 / 3)
+    assert "train.lr=0.001" in chosen["cholesky"]["overrides"] and chosen["cholesky"]["candidates"] == 2
+    assert (tmp_path / "selected.csv").exists() and "test set was not used" in (tmp_path / "selection.md").read_text()

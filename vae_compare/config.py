@@ -113,6 +113,7 @@ class EvalConfig:
     chunk_size: Optional[int] = key(None, RUNTIME, minimum=1)
     active_threshold: float = key(0.01, EVAL, minimum=0)
     k_curve_images: int = key(1000, EVAL, minimum=1)
+    on_test: bool = key(True, EVAL)
 
 
 @dataclass

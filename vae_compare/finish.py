@@ -22,10 +22,14 @@ HPARAM_METRICS = ("log_px", "elbo", "kl", "active_units", "active_directions", "
 
 def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_folder=None) -> dict:
     """Evaluate `model` (the best weights) on the test split; write final.csv, TensorBoard's final/ and
-    hparams, then summary.json last. `training` holds what summary.json records about training."""
-    test_folder, test = data.load_test(cfg.data, device)
+    hparams, then summary.json last. `training` holds what summary.json records about training. With
+    eval.on_test=false (tuning) the test set is not read and the summary holds no test numbers."""
     model.eval()
-    final = evaluate.final_metrics(model, test, cfg.eval, show_progress=True, seed=cfg.seed)
+    if cfg.eval.on_test:
+        test_folder, test = data.load_test(cfg.data, device)
+        final = evaluate.final_metrics(model, test, cfg.eval, show_progress=True, seed=cfg.seed)
+    else:
+        test_folder, final = data_folder, {}
     summary = {
         "status": "complete",
         "config": plain(cfg),
@@ -45,7 +49,9 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
     tensorboard = export.TensorBoard(folder)
     try:
         tensorboard.scalars(final, summary["best_epoch"], "final")
-        tensorboard.hparams(hparams_of(cfg), {f"hparams/test_{k}": final[k] for k in HPARAM_METRICS})
+        metrics = {"hparams/best_val_elbo": summary["best_val_elbo"]}
+        metrics.update({f"hparams/test_{k}": final[k] for k in HPARAM_METRICS if k in final})
+        tensorboard.hparams(hparams_of(cfg), metrics)
     finally:
         tensorboard.close()
     export.write_json(folder / export.SUMMARY_FILE, summary)
@@ -61,6 +67,9 @@ def summary_table(summary):
     table.add_column("metric")
     table.add_column("value", justify="right")
     test = summary["test"]
+    if not test:  # eval.on_test=false
+        table.add_row("best validation ELBO (test set not evaluated)", f"{summary['best_val_elbo']:.2f}")
+        return table
     rows = [
         ("log p(x), IWAE k=%d (nats)" % test["iwae_samples"], f"{test['log_px']:.2f} ± {test['log_px_stderr']:.2f}"),
         ("ELBO (nats)", f"{test['elbo']:.2f}"),

@@ -19,12 +19,14 @@ from rich import get_console
 from vae_compare import UserError, export
 from vae_compare.report.collect import config_keys, family_order, find_runs, label_runs, varying
 from vae_compare.report.plots import write_plots
-from vae_compare.report.render import group_table, report_markdown, rich_table, summary_rows, verdict
+from vae_compare.report.render import group_table, markdown_table, report_markdown, rich_table, summary_rows, verdict
+from vae_compare.report.select import select_settings, selection_table
 from vae_compare.report.stats import make_groups
 
 
-def build_report(folder: Path, out: Path | None = None, console=None) -> dict:
-    """Summarize every finished run below folder into out (default: folder); returns the numbers."""
+def build_report(folder: Path, out: Path | None = None, console=None, select=False) -> dict:
+    """Summarize every finished run below folder into out (default: folder); returns the numbers. With
+    select, only choose each family's setting by validation ELBO (selected.csv, selection.md)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")
@@ -37,15 +39,28 @@ def build_report(folder: Path, out: Path | None = None, console=None) -> dict:
     setting_keys, family_keys = label_runs(runs)
     runs.sort(key=lambda run: (run["dataset"], run["latent_dim"], run["setting"],
                                family_order(run["family"]), run["variant"], run["seed"], run["path"]))
-    groups = make_groups(runs)
-    verdict_text = verdict(groups)
     varying_keys = varying([run["config"] for run in runs], config_keys(runs))
     export.write_csv(out / "summary.csv", summary_rows(runs, varying_keys))
+    console = console or get_console()
+    if select:
+        rows = select_settings(runs, setting_keys + family_keys)
+        export.write_csv(out / "selected.csv", rows)
+        columns = ["dataset", "latent_dim", "family", "selected", "seeds", "val_elbo", "runner_up", "runner_up_val_elbo",
+                   "overrides"]
+        text = ("# Settings selected by validation ELBO\n\nMean best validation ELBO over seeds; the test set was not "
+                "used. Confirm each selection on test over seeds with its overrides.\n\n"
+                + markdown_table(columns, [[f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+                                           for row in rows]) + "\n")
+        export.atomic_write(out / "selection.md", text.encode())
+        console.print(selection_table(rows))
+        console.print(f"selection: {out / 'selection.md'}")
+        return {"runs": len(runs), "unfinished": unfinished, "selected": rows, "out": str(out)}
+    groups = make_groups(runs)
+    verdict_text = verdict(groups)
     write_plots(runs, groups, out)
     markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys, verdict_text)
     export.atomic_write(out / "report.md", markdown.encode())
 
-    console = console or get_console()
     console.print(rich_table(*group_table(groups), title=f"{len(runs)} finished runs below {folder}"))
     console.print(verdict_text)
     console.print(f"report: {out / 'report.md'}")
@@ -57,5 +72,7 @@ def main(args: list[str]) -> None:
                                      description="Summarize every finished run below FOLDER.")
     parser.add_argument("folder", type=Path, metavar="FOLDER", help="a run, sweep or outputs folder")
     parser.add_argument("--out", type=Path, metavar="DIR", help="where to write the report (default: FOLDER)")
+    parser.add_argument("--select", action="store_true",
+                        help="tuning: pick each family's setting by mean validation ELBO (selected.csv, selection.md)")
     options = parser.parse_args(args)
-    build_report(options.folder, options.out)
+    build_report(options.folder, options.out, select=options.select)

@@ -26,6 +26,8 @@ from vae_compare.report.stats import make_groups
 def build_report(folder: Path, out: Path | None = None, console=None) -> dict:
     """Summarize every finished run below folder into out (default: folder); returns the numbers."""
     folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a folder; give the run or sweep folder that holds it")
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")
     runs, unfinished = find_runs(folder)

@@ -1,10 +1,14 @@
 """The real command end to end: a training run from another folder, help, and every bad input."""
 
 import csv
+import fcntl
 import gzip
 import json
+import os
 import shutil
+import socket
 import subprocess
+import time
 
 import pytest
 
@@ -82,6 +86,7 @@ BAD_INPUTS = [
     (["data.root=/no/such/folder"], "lacks train-images-idx3-ubyte"),
     (["data.val_size=60000"], "leaves no training images"),
     (["resume=/no/such/run"], "no such run folder"),
+    (["model.hidden=[100000,100000]"], "does not fit in memory"),
 ]
 
 
@@ -216,3 +221,63 @@ def test_new_run_refuses_a_folder_holding_a_run(tmp_path):
     again = run_cli(["train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert again.returncode == 2 and f"resume={run_dir}" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_impossible_model_size_is_refused_up_front(tmp_path):
+    from vae_compare.cli import compose
+    from vae_compare.model import vae_config
+
+    sweep_dir = tmp_path / "sweep"
+    overrides = [o for o in TINY if o != "model.hidden=[32]"]
+    started = time.monotonic()
+    # the small job would train first if the big one were only found when it starts
+    result = run_cli(["train", "-m", "model.hidden=[32],[100000,100000]", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+                     cwd=tmp_path)
+    assert time.monotonic() - started < 60  # seconds of start-up, against minutes or a crash
+    assert result.returncode == 2, result.stderr
+    parameters = sum(vae_config(compose(["model.hidden=[100000,100000]", "latent_dim=4"])).parameter_counts())
+    assert f"{parameters:,} parameters" in result.stderr and "cpu has" in result.stderr
+    assert "job: model.hidden=[100000,100000]" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not sweep_dir.exists()
+
+
+def hold_lock(folder):
+    """Hold a run folder the way another vae-compare process does: flock on FOLDER/.lock, "PID HOST" in it."""
+    handle = open(folder / ".lock", "a+")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    handle.truncate(0)
+    handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def test_a_locked_run_folder_is_refused_naming_its_holder(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with hold_lock(run_dir):
+        result = run_cli(["train", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert f"pid {os.getpid()} on host {socket.gethostname()}" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # not even Hydra's .hydra/
+        # resume and evaluate refuse too, before reading anything (placeholder files are enough)
+        (run_dir / "checkpoint.pt").write_bytes(b"")
+        (run_dir / "best.pt").write_bytes(b"")
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "config.yaml").write_text("{}\n")
+        for args in (["train", f"resume={run_dir}"], ["evaluate", str(run_dir)]):
+            result = run_cli(args, cwd=tmp_path)
+            assert result.returncode == 2, result.stderr
+            assert f"pid {os.getpid()} on host {socket.gethostname()}" in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_report_on_a_file_says_it_is_a_file(tmp_path):
+    summary = tmp_path / "summary.json"
+    summary.write_text("{}\n")
+    result = run_cli(["report", str(summary)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"vae-compare: error: {summary} is a file, not a folder; give the run or " \
+                                    "sweep folder that holds it"

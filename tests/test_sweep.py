@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import CLI, TINY, run_cli
+from conftest import CLI, TINY, run_cli, start_cli
 from vae_compare.cli import compose
 from vae_compare.model import vae_config
 
@@ -59,6 +59,32 @@ def test_joblib_sweep_report_and_rerun_after_interrupt(tmp_path):
         tags = {value.tag for event_file in run_dir.glob("events.out.tfevents.*")
                 for event in EventFileLoader(str(event_file)).Load() for value in event.summary.value}
         assert {"_hparams_/experiment", "_hparams_/session_start_info", "hparams/test_log_px", "train/elbo"} <= tags
+
+
+def test_two_sweeps_on_one_folder_share_its_jobs(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["train", "-m", "hydra/launcher=basic", "family=diag,cholesky", "latent_dim=2,4",
+            *(o for o in TINY if not o.startswith("latent_dim=")), f"hydra.sweep.dir={sweep_dir}"]
+    sweeps = [start_cli(args, tmp_path), start_cli(args, tmp_path)]
+    outputs = [sweep.communicate(timeout=600) for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+    jobs = [path for path in sweep_dir.iterdir() if path.is_dir()]
+    assert len(jobs) == 4
+    trainers = set()
+    for job in jobs:
+        # one run writes two event files (training, final evaluation), each named ...<host>.<pid>.<count>
+        events = list(job.glob("events.out.tfevents.*"))
+        pids = {path.name.split(".")[-2] for path in events}
+        assert len(events) == 2 and len(pids) == 1, (job.name, events)
+        assert not (job / "failed.txt").exists()
+        trainers |= pids
+    # both trained (the jobs were shared, so the test saw them overlap), and jobs the other one held were
+    # skipped as running elsewhere, not failed
+    assert trainers == {str(sweep.pid) for sweep in sweeps}
+    assert all("failed" not in stderr for _, stderr in outputs)
+    report = run_cli(["report", str(sweep_dir)], cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "4 finished runs" in report.stdout and "0 unfinished" in (sweep_dir / "report.md").read_text()
 
 
 def test_failing_job_is_reported_and_does_not_stop_the_sweep(tmp_path):

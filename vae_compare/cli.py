@@ -10,6 +10,7 @@ line, not a traceback.
 """
 
 import argparse
+import contextlib
 import itertools
 import logging
 import os
@@ -24,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 
-from vae_compare import UserError, data
+from vae_compare import UserError, data, lock
 from vae_compare.config import type_name, validate
 from vae_compare.export import CHECKPOINT, FAILED_FILE, check_writable
 
@@ -94,9 +95,15 @@ def check_overrides(overrides, multirun):
     for job, cfg in configs:
         try:
             validate(cfg)
+            check_memory(cfg)
         except UserError as error:
             fail(f"{error}" + (f" (job: {' '.join(job)})" if multirun and len(jobs) > 1 else ""))
     resuming = configs[0][1].resume is not None
+    if not multirun:  # a sweep's jobs each check their own folder's lock when they start
+        try:
+            lock.check_free(output_dir)
+        except UserError as error:
+            fail(str(error))
     if not multirun and not resuming and (Path(output_dir) / CHECKPOINT).exists():
         fail(f"{output_dir} already holds a run; continue it with: vae-compare train resume={output_dir}")
     try:
@@ -107,6 +114,15 @@ def check_overrides(overrides, multirun):
     except UserError as error:
         fail(str(error))
     return [cfg for _, cfg in configs]
+
+
+def check_memory(cfg):
+    """The memory estimate against the job's device, before anything is built (train() checks again when the
+    job starts, against what is free then)."""
+    from vae_compare.memory import check_fits
+    from vae_compare.train import pick_device
+
+    check_fits(cfg, pick_device(cfg.device))
 
 
 def joblib_workers(configs, overrides):
@@ -153,12 +169,26 @@ def torch_threads(cfg):
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_train(cfg: DictConfig):
-    from vae_compare.train import Diverged, Interrupted, train
-
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     overrides = " ".join(hydra_cfg.overrides.task)
+    try:
+        # the whole job, final evaluation included, holds the folder (a single run's CLI holds it already)
+        with lock.hold(folder):
+            run_job(cfg, folder, multirun, overrides)
+    except lock.Locked as error:
+        if not multirun:
+            fail(str(error))
+        # another process (a second copy of this sweep) is running this job: not a failure, and its files
+        # are that process's to write
+        get_console().print(f"[yellow]vae-compare: job [{overrides}] is running elsewhere "
+                            f"({error.holder}); skipped[/yellow]")
+
+
+def run_job(cfg, folder, multirun, overrides):
+    from vae_compare.train import Diverged, Interrupted, train
+
     (folder / FAILED_FILE).unlink(missing_ok=True)
     try:
         validate(cfg)
@@ -201,6 +231,7 @@ def remove_if_empty(folder):
     (.hydra/ and the log), then the folder only if nothing else is in it."""
     shutil.rmtree(folder / ".hydra", ignore_errors=True)
     (folder / "train.log").unlink(missing_ok=True)
+    (folder / lock.LOCK_FILE).unlink(missing_ok=True)  # still held: lock.take() sees the removal
     try:
         folder.rmdir()
     except OSError:
@@ -239,10 +270,18 @@ def train_command(args):
         for override in options.overrides:  # the flags stay in place; the overrides go last
             flags.remove(override)
         args = flags + overrides
+    folder = None
+    if not wants_help and not options.multirun:
+        folder = Path(configs[0].hydra.run.dir)
+        if not any(o.startswith("hydra.run.dir=") for o in args):
+            # the default folder name holds the time: pin the one composed here, which is the one locked
+            args = args + [f"hydra.run.dir={folder}"]
     sys.argv = ["vae-compare train", *args]
     from vae_compare import sweep
 
-    hydra_train()
+    # a single run holds its folder from before Hydra writes .hydra/ into it until the process ends
+    with lock.hold(folder) if folder is not None else contextlib.nullcontext():
+        hydra_train()
     if sweep.FAILED_JOBS:
         fail(f"{len(sweep.FAILED_JOBS)} job(s) failed: " + "; ".join(sweep.FAILED_JOBS), EXIT_FAILED_JOBS)
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from vae_compare import UserError, data, evaluate, export
+from vae_compare import UserError, data, evaluate, export, lock
 from vae_compare.config import EVALUATE_KEYS, Config, hparams_of, plain, validate
 from vae_compare.export import BEST, FINAL_FILE, load_torch, read_summary
 from vae_compare.model import build_model
@@ -107,11 +107,19 @@ def run_config(folder: Path, overrides):
 
 def evaluate_run(folder: Path, overrides, console: Console):
     """`vae-compare evaluate`: re-evaluate a finished run's best weights without retraining."""
-    from vae_compare.train import pick_device
-
     folder = Path(folder).expanduser().resolve()
     if not (folder / ".hydra" / "config.yaml").exists() or not (folder / BEST).exists():
         raise UserError(f"{folder} is not a trained vae-compare run folder (needs .hydra/config.yaml and {BEST})")
+    with lock.hold(folder):  # it rewrites the run's final files: not while another process trains it
+        summary = reevaluate(folder, overrides)
+    console.print(summary_table(summary))
+    return summary
+
+
+def reevaluate(folder: Path, overrides):
+    """The new summary of a finished run, its best weights evaluated with the overrides."""
+    from vae_compare.train import pick_device
+
     summary = read_summary(folder)
     if summary is None:
         raise UserError(f"{folder} has not finished training; continue it with: vae-compare train resume={folder}")
@@ -121,6 +129,4 @@ def evaluate_run(folder: Path, overrides, console: Console):
     model = build_model(cfg).to(device)
     model.load_state_dict(load_torch(folder / BEST))
     training = {key: summary[key] for key in ("best_epoch", "best_val_elbo", "seconds_per_epoch", "images_per_second")}
-    summary = evaluate_and_write(folder, cfg, model, device, training)
-    console.print(summary_table(summary))
-    return summary
+    return evaluate_and_write(folder, cfg, model, device, training)

@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vae_compare import UserError, checkpoint, data, evaluate, export, finish
+from vae_compare import UserError, checkpoint, data, evaluate, export, finish, memory
 from vae_compare.config import plain
 from vae_compare.export import BEST, CHECKPOINT, read_summary
 from vae_compare.model import build_model
@@ -299,6 +299,8 @@ def train(cfg, folder: Path, console: Console):
         log.info("%s is already complete; skipping", folder)
         return existing
     export.check_writable(folder)
+    # again here, where the device is known and its free memory is that of now (the CLI checked up front)
+    memory.check_fits(cfg, pick_device(cfg.device))
     run = Run(cfg, folder)
     export.write_csv(folder / export.PARAMS_FILE, [export.params_row(cfg, run.model)])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ELBO {task.fields[elbo]}"),

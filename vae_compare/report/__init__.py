@@ -28,6 +28,8 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
     """Summarize every finished run below folder into out (default: folder); returns the numbers. With
     select, only choose each family's setting by validation ELBO (selected.csv, selection.md)."""
     folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a folder; give the run or sweep folder that holds it")
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")
     runs, unfinished = find_runs(folder)

@@ -90,6 +90,17 @@ def test_wrong_kind_of_idx_file_is_named(tmp_path):
         data.read_idx(MNIST / "t10k-images-idx3-ubyte.gz", data.IMAGE_MAGIC, 60000)
 
 
+def test_test_labels_are_the_digits_of_the_test_images(tmp_path):
+    labels = data.read_labels(MNIST, "test")
+    assert labels.dtype == torch.int64 and labels.shape == (10000,)
+    assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the published first ten test digits
+    assert torch.bincount(labels).tolist()[:2] == [980, 1135]  # zeros and ones in the MNIST test set
+    images = gzip.decompress((MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(images)  # an images file under the labels' name
+    with pytest.raises(UserError, match="magic 2051, expected 2049"):
+        data.read_labels(tmp_path, "test")
+
+
 def test_environment_variable_and_missing_folder(tmp_path, monkeypatch):
     monkeypatch.setenv(data.DATA_ENV, str(MNIST.parent))
     assert data.locate("mnist", None) == MNIST

@@ -267,14 +267,17 @@ def test_png_and_tensorboard_array_are_the_same_pixels():
     assert array.min() < 100 and array.max() == 255  # something drawn on a white background
 
 
-@pytest.mark.parametrize("latent_dim, families", [(2, 3), (2, 1), (1, 2), (6, 2)])
-def test_ellipse_figure_text_stays_inside_the_figure_and_off_other_text(latent_dim, families):
+@pytest.mark.parametrize("latent_dim, families, spread", [(2, 3, 1), (2, 1, 1), (1, 2, 1), (6, 2, 1), (4, 1, 1),
+                                                         (1, 1, 1), (4, 1, 0.05), (2, 2, 0.05)])
+def test_ellipse_figure_text_stays_inside_the_figure_and_off_other_text(latent_dim, families, spread):
     """What the eye checks in the PNG: no label cut off at an edge, no title over another, the legend
-    beside the panels."""
+    beside the panels. One panel (a run's own figure) and means spread along one direction (a flat, short
+    figure) included."""
     rng = np.random.default_rng(9)
     n = 200
-    panels = {f"family{k}": (rng.normal(size=(n, latent_dim)), random_covariances(rng, n, latent_dim))
-              for k in range(families)}
+    scale = np.array([1.0] + [spread] * (latent_dim - 1))
+    panels = {f"family{k}": (rng.normal(size=(n, latent_dim)) * scale,
+                             random_covariances(rng, n, latent_dim) * spread ** 2) for k in range(families)}
     fig = pictures.ellipse_figure(panels, labels=rng.integers(0, 10, n))
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw(renderer)

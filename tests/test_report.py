@@ -8,13 +8,18 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from rich.console import Console
 
 from vae_compare import UserError
-from vae_compare.report import build_report, main
+from vae_compare.report import build_report, main, plots
+from vae_compare.report.collect import series
 from vae_compare.report.plots import PLOTS
+from vae_compare.report.render import gain_text
 from vae_compare.report.stats import paired_gain, t_975, t_quantile
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -205,7 +210,8 @@ def test_plots_are_png_and_linked(sweep):
     for name, _, _ in PLOTS:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
         assert f"]({name})" in report
-    assert len(PLOTS) == 5
+    assert len(PLOTS) == 6
+    assert not list(out.glob("posterior_ellipses*"))  # these fake runs saved no posterior sample
 
 
 def test_parameter_table(sweep):
@@ -224,7 +230,9 @@ def test_other_settings_split_groups(tmp_path):
             make_run(tmp_path / f"diag_{lr}_{seed}", "diag", 4, seed, -120.0 + shift - seed, lr=lr)
             make_run(tmp_path / f"chol_{lr}_{seed}", "cholesky", 4, seed, -119.0 + shift - seed, lr=lr)
         make_run(tmp_path / f"chol_big_{seed}", "cholesky", 4, seed, -121.0 - seed, offdiag_scale=0.1)
-    result = build_report(tmp_path, console=Console(file=io.StringIO()))
+    console = Console(width=100, record=True, file=io.StringIO())
+    result = build_report(tmp_path, console=console)
+    assert_console_rows_are_one_line(console, result["groups"])
     labels = {(g["setting"], g["variant"]) for g in result["groups"]}
     assert ("train.lr=0.001", "cholesky(offdiag_scale=0.1)") in labels
     assert ("train.lr=0.0003", "cholesky(offdiag_scale=0.01)") in labels
@@ -266,3 +274,135 @@ def test_select_picks_each_familys_setting_by_validation_elbo_only(tmp_path):
     assert "train.lr=0.003" in chosen["diag"]["overrides"] and chosen["diag"]["val_elbo"] == pytest.approx(-100 - 10 / 3)
     assert "train.lr=0.001" in chosen["cholesky"]["overrides"] and chosen["cholesky"]["candidates"] == 2
     assert (tmp_path / "selected.csv").exists() and "test set was not used" in (tmp_path / "selection.md").read_text()
+
+
+# ---- the figures, read back from what the report saved --------------------------------------------
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every figure the report writes, by file name, as it was when saved."""
+    figures = {}
+    save = plots.save_png
+
+    def keep(fig, path):
+        figures[Path(path).name] = fig
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "save_png", keep)
+    return figures
+
+
+def test_gain_plot_shows_the_group_rows(sweep, tmp_path, saved_figures):
+    root, _, _ = sweep
+    result = build_report(root, tmp_path, console=Console(file=io.StringIO()))
+    (ax,) = saved_figures["log_px_gain_vs_latent_dim.png"].axes  # one dataset
+    rows = [row for row in result["groups"] if row["gain"] is not None]
+    names = {series(row) for row in rows}
+    assert names == {"cholesky", "lowrank(k=2)", "diag matched→cholesky"}
+    lines = {line.get_label(): line for line in ax.lines if line.get_label() in names}
+    assert set(lines) == names and [t.get_text() for t in ax.get_legend().get_texts()] == list(lines)
+    assert any(list(line.get_ydata()) == [0, 0] for line in ax.lines)  # the zero line: diag itself
+    bars = {}  # x of a bar -> (low, high, colour)
+    for container in ax.containers:
+        (vertical,) = container.lines[2]
+        (colour,) = vertical.get_colors()  # one colour per series
+        for segment in vertical.get_segments():
+            bars[segment[0][0]] = (segment[0][1], segment[1][1], tuple(colour))
+    for name, line in lines.items():
+        points = sorted((row for row in rows if series(row) == name), key=lambda row: row["latent_dim"])
+        assert list(line.get_ydata()) == pytest.approx([row["gain"] for row in points])
+        # side by side at each latent_dim (log2 axis here), by less than a tenth of a doubling
+        np.testing.assert_allclose(np.log2(line.get_xdata()), np.log2([row["latent_dim"] for row in points]), atol=0.1)
+        for x, row in zip(line.get_xdata(), points):
+            if row["gain_n"] == 1:
+                assert x not in bars  # n=1: a point without a bar
+            else:
+                low, high, colour = bars[x]
+                assert (low, high) == pytest.approx((row["gain_low"], row["gain_high"]))
+                assert colour == pytest.approx(matplotlib_rgba(line.get_color()))
+    assert len(bars) == sum(row["gain_n"] > 1 for row in rows)
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["2", "8"]
+
+
+def matplotlib_rgba(colour):
+    from matplotlib.colors import to_rgba
+
+    return to_rgba(colour)
+
+
+def rotated(degrees, major_sd, minor_sd):
+    t = math.radians(degrees)
+    r = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    return r @ np.diag([major_sd ** 2, minor_sd ** 2]) @ r.T
+
+
+def write_sample(folder, means, covariances, labels):
+    """posterior_sample.pt as a finished run leaves it (finish.posterior_sample)."""
+    torch.save({"means": torch.tensor(means), "covariances": torch.tensor(covariances), "labels": torch.tensor(labels)},
+               folder / "posterior_sample.pt")
+
+
+def test_posterior_picture_per_latent_size_draws_each_familys_saved_covariances(tmp_path, saved_figures):
+    rng = np.random.default_rng(0)
+    count, shown = 120, 50
+    means, labels = rng.normal(size=(count, 2)), np.arange(count) % 10
+    tilts = np.linspace(-80.0, 85.0, shown)  # the major axes' angles, in (-90, 90]
+    major, minor = 1.0 + rng.random(shown), 0.1 + 0.3 * rng.random(shown)
+    full = np.stack([rotated(t, a, b) for t, a, b in zip(tilts, major, minor)])
+    variances = np.exp(rng.normal(-1.0, 0.5, (shown, 2)))
+    for seed in (0, 1):
+        make_run(tmp_path / f"diag_s{seed}", "diag", 2, seed, -150.0 - seed)
+        make_run(tmp_path / f"chol_s{seed}", "cholesky", 2, seed, -149.0 - seed)
+    # diag's run evaluated fewer test images: both panels show the 100 images both have
+    write_sample(tmp_path / "diag_s0", means[:100], variances[:, :, None] * np.eye(2), labels[:100])
+    write_sample(tmp_path / "chol_s0", means, full, labels)
+    write_sample(tmp_path / "chol_s1", means + 5.0, np.tile(np.eye(2), (shown, 1, 1)), labels)  # not the first seed
+    make_run(tmp_path / "diag_d8", "diag", 8, 0, -100.0)  # no sample saved: no picture for latent_dim 8
+    build_report(tmp_path, console=Console(file=io.StringIO()))
+
+    assert (tmp_path / "posterior_ellipses_d2.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (tmp_path / "posterior_ellipses_d8.png").exists()
+    assert "](posterior_ellipses_d2.png)" in (tmp_path / "report.md").read_text()
+    diag_ax, chol_ax = saved_figures["posterior_ellipses_d2.png"].axes[:2]
+    assert diag_ax.get_title().startswith("diag\n") and chol_ax.get_title().startswith("cholesky\n")
+    for ax in (diag_ax, chol_ax):
+        np.testing.assert_allclose(ax.collections[0].get_offsets(), means[:100])  # the latent plane itself
+    geometry = {ax: np.array([(*p.center, p.width, p.height, p.angle) for p in ax.patches])
+                for ax in (diag_ax, chol_ax)}
+    drawn = geometry[chol_ax]
+    np.testing.assert_allclose(drawn[:, :2], means[:shown], rtol=1e-12)
+    np.testing.assert_allclose(drawn[:, 2:], np.column_stack([2 * major, 2 * minor, tilts]), rtol=1e-9, atol=1e-9)
+    drawn = geometry[diag_ax]
+    assert drawn[:, 4].tolist() == np.where(variances[:, 0] >= variances[:, 1], 0.0, 90.0).tolist()  # no tilt
+    np.testing.assert_allclose(drawn[:, 2], 2 * np.sqrt(variances.max(1)), rtol=1e-12)
+
+
+# ---- the console table -----------------------------------------------------------------------------
+def assert_console_rows_are_one_line(console, groups, width=100):
+    """Every line fits the width, and every group is one line, in order, with nothing cut (a line of its
+    own may name the settings above their rows)."""
+    lines = console.export_text(clear=False).splitlines()
+    assert max(len(line) for line in lines) <= width
+    rule = next(i for i, line in enumerate(lines) if line.strip() and set(line.strip()) == {"─"})
+    body = iter(lines[rule + 1:])
+    setting = ""
+    for row in groups:
+        line = next(body)
+        if row["setting"] != setting:
+            assert line.split()[1:] == [row["setting"] + ":"]
+            setting, line = row["setting"], next(body)
+        latent_dim, rest = line.split(None, 1)
+        assert latent_dim == str(row["latent_dim"]) and rest.startswith(row["variant"] + " ")
+        assert rest[len(row["variant"]):].split()[0] == str(row["n"])
+        assert gain_text(row) in line and "…" not in line
+    assert next(body).strip().startswith("d: latent_dim")  # the caption, right after the last row
+
+
+def test_console_table_fits_100_columns_and_report_md_keeps_every_column(sweep, tmp_path):
+    root, _, _ = sweep
+    console = Console(width=100, record=True, file=io.StringIO())
+    result = build_report(root, tmp_path, console=console)
+    assert_console_rows_are_one_line(console, result["groups"])
+    text = console.export_text()
+    assert "s/ep: seconds per epoch" in text and "[interval]" in text  # abbreviations explained under the table
+    header = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| dataset"))
+    assert all(f" {name} |" in header for name in ("head", "params", "active", "logdet gap", "s/epoch"))

@@ -45,8 +45,10 @@ def test_joblib_sweep_report_and_rerun_after_interrupt(tmp_path):
     # jobs finished before the interrupt were skipped, not redone
     assert all(done_after[name] == mtime for name, mtime in done_before.items())
 
-    for name in ("summary.csv", "report.md", "log_px_vs_latent_dim.png", "logdet_gap_vs_latent_dim.png",
-                 "head_outputs_vs_latent_dim.png", "seconds_per_epoch_vs_latent_dim.png", "val_elbo_curves.png"):
+    for name in ("summary.csv", "report.md", "log_px_gain_vs_latent_dim.png", "log_px_vs_latent_dim.png",
+                 "logdet_gap_vs_latent_dim.png", "head_outputs_vs_latent_dim.png",
+                 "seconds_per_epoch_vs_latent_dim.png", "val_elbo_curves.png", "posterior_ellipses_d2.png",
+                 "posterior_ellipses_d4.png"):
         assert (sweep_dir / name).is_file(), name
     assert len((sweep_dir / "summary.csv").read_text().strip().splitlines()) == 1 + 8
     report = (sweep_dir / "report.md").read_text()
@@ -58,7 +60,7 @@ def test_joblib_sweep_report_and_rerun_after_interrupt(tmp_path):
     for run_dir in (p.parent for p in sweep_dir.glob("*/summary.json")):
         tags = {value.tag for event_file in run_dir.glob("events.out.tfevents.*")
                 for event in EventFileLoader(str(event_file)).Load() for value in event.summary.value}
-        assert {"_hparams_/experiment", "_hparams_/session_start_info", "hparams/test_log_px", "train/elbo"} <= tags
+        assert {"_hparams_/experiment", "_hparams_/session_start_info", "x_test/log_px", "train/elbo"} <= tags
 
 
 def test_two_sweeps_on_one_folder_share_its_jobs(tmp_path):

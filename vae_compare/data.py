@@ -25,7 +25,7 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 EXPECTED_COUNT = {"train": 60000, "test": 10000}
-IMAGE_MAGIC = 2051
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 DEBIAN_FOLDERS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vae-compare"
 DATA_ENV = "VAE_COMPARE_DATA"
@@ -106,6 +106,12 @@ def read_images(folder: Path, split: str) -> torch.Tensor:
     """One split's images as floats in [0, 1], shape (N, 784), on the CPU."""
     images = read_idx(find_file(folder, FILES[f"{split}_images"]), IMAGE_MAGIC, EXPECTED_COUNT[split])
     return torch.from_numpy(images.copy()).flatten(1).float().div_(255)
+
+
+def read_labels(folder: Path, split: str) -> torch.Tensor:
+    """One split's class labels (0..9, int64), shape (N,), on the CPU; in the order of read_images."""
+    labels = read_idx(find_file(folder, FILES[f"{split}_labels"]), LABEL_MAGIC, EXPECTED_COUNT[split])
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 def cpu_bernoulli(pixels, seed):

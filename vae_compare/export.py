@@ -17,6 +17,9 @@ from vae_compare import UserError
 
 METRICS_FILE, PARAMS_FILE, SUMMARY_FILE = "metrics.csv", "params.csv", "summary.json"
 CHECKPOINT, BEST, FINAL_FILE = "checkpoint.pt", "best.pt", "final.csv"
+# Pictures of q(z|x) on the first test images, and the arrays they are drawn from (read by the report).
+POSTERIOR_SAMPLE = "posterior_sample.pt"
+ELLIPSES_PNG, CORRELATIONS_PNG = "posterior_ellipses.png", "posterior_correlations.png"
 # A sweep job that failed leaves this file (its overrides and the error) instead of a summary.
 FAILED_FILE = "failed.txt"
 UMASK = os.umask(0)
@@ -139,7 +142,13 @@ def params_row(cfg, model):
 
 
 class TensorBoard:
-    """One SummaryWriter per run folder; hparams go into the same event files as the curves."""
+    """One SummaryWriter per run folder; hparams go into the same event files as the curves.
+
+    Tag groups (the part before the first "/"): TensorBoard's TIME SERIES tab sorts the groups by name
+    and opens only the first two, so the per-epoch curves are `train/` and `val/`, and everything
+    else sorts after them: pictures under `viz/`, the run's test numbers (single points, for the
+    HPARAMS tab) under `x_test/`.
+    """
 
     def __init__(self, folder: Path):
         from torch.utils.tensorboard import SummaryWriter
@@ -156,14 +165,30 @@ class TensorBoard:
         grid = make_grid(images.reshape(-1, 1, 28, 28).float().cpu(), nrow=8, padding=1)
         self.writer.add_image(tag, grid, step)
 
-    def hparams(self, hparams: dict, metrics: dict) -> None:
+    def figure(self, tag: str, pixels, step: int) -> None:
+        """A rendered figure as (H, W, 3) uint8 pixels (pictures.figure_array or png_array)."""
+        self.writer.add_image(tag, pixels, step, dataformats="HWC")
+
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        self.writer.add_text(tag, markdown, step)
+
+    def hparams(self, hparams: dict, metrics: dict, step: int = 0) -> None:
+        """metrics: {tag: (display name, value)}. The HPARAMS tab reads each metric's value from the last
+        scalar of its tag and shows the display name as the column title."""
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        experiment, session_start, session_end = hparams_summary(hparams, metrics)
+        experiment, session_start, session_end = hparams_summary(hparams, {tag: v for tag, (_, v) in metrics.items()})
+        # torch leaves the display names empty; they live in the experiment's plugin data
+        content = experiment.value[0].metadata.plugin_data
+        data = HParamsPluginData.FromString(content.content)
+        for info in data.experiment.metric_infos:
+            info.display_name = metrics[info.name.tag][0]
+        content.content = data.SerializeToString()
         for summary in (experiment, session_start, session_end):
             self.writer.file_writer.add_summary(summary)
-        for name, value in metrics.items():
-            self.writer.add_scalar(name, value)
+        for tag, (_, value) in metrics.items():
+            self.writer.add_scalar(tag, value, step)
 
     def close(self) -> None:
         self.writer.flush()

@@ -11,19 +11,26 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from vae_compare import UserError, data, evaluate, export, lock
-from vae_compare.config import EVALUATE_KEYS, Config, hparams_of, plain, validate
+from vae_compare import UserError, data, evaluate, export, lock, pictures
+from vae_compare.config import EVALUATE_KEYS, Config, flatten, hparams_of, plain, validate
 from vae_compare.export import BEST, FINAL_FILE, load_torch, read_summary
 from vae_compare.model import build_model
 
-# Final numbers shown as TensorBoard hparams metrics.
-HPARAM_METRICS = ("log_px", "elbo", "kl", "active_units", "active_directions", "logdet_gap")
+# Final numbers shown in TensorBoard's HPARAMS tab: summary key -> column title there.
+HPARAM_METRICS = {"log_px": "test log p(x)", "elbo": "test ELBO", "kl": "test KL", "active_units": "active units",
+                  "active_directions": "active directions", "logdet_gap": "log-det gap"}
+# The tag group of those single-point scalars: after train/ and val/ in TensorBoard's order (export.TensorBoard).
+TEST_GROUP = "x_test"
+# Pictures of q(z|x) on the first test images: the means of POSTERIOR_MEANS images (dots), the covariances
+# of POSTERIOR_COVARIANCES (ellipses; a few hundred kB at d = 64), the correlation heat maps of CORRELATION_IMAGES.
+POSTERIOR_MEANS, POSTERIOR_COVARIANCES, CORRELATION_IMAGES = 2000, 50, 4
 
 
 def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_folder=None) -> dict:
-    """Evaluate `model` (the best weights) on the test split; write final.csv, TensorBoard's final/ and
-    hparams, then summary.json last. `training` holds what summary.json records about training. With
-    eval.on_test=false (tuning) the test set is not read and the summary holds no test numbers."""
+    """Evaluate `model` (the best weights) on the test split; write final.csv, the posterior pictures and
+    their arrays, TensorBoard's test numbers (hparams), summary table and pictures, then summary.json last.
+    `training` holds what summary.json records about training. With eval.on_test=false (tuning) the test set
+    is not read: the summary holds no test numbers and no pictures are drawn."""
     model.eval()
     if cfg.eval.on_test:
         test_folder, test = data.load_test(cfg.data, device)
@@ -46,37 +53,72 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
            "best_epoch": summary["best_epoch"], "seconds_per_epoch": summary["seconds_per_epoch"],
            **{k: v for k, v in summary["params"].items() if k not in ("family", "latent_dim", "rank")}}
     export.write_csv(folder / FINAL_FILE, [row])
+    pngs = {}
+    if final:
+        sample = posterior_sample(model, test, data.read_labels(test_folder, "test"))
+        export.atomic_torch_save(folder / export.POSTERIOR_SAMPLE, sample)
+        figures = posterior_figures(sample, test.pixels[:CORRELATION_IMAGES], run_label(cfg))
+        pngs = {name: pictures.figure_png(fig) for name, fig in figures.items()}
+        for name, png in pngs.items():
+            export.atomic_write(folder / name, png)
+    step = summary["best_epoch"]
     tensorboard = export.TensorBoard(folder)
     try:
-        tensorboard.scalars(final, summary["best_epoch"], "final")
-        metrics = {"hparams/best_val_elbo": summary["best_val_elbo"]}
-        metrics.update({f"hparams/test_{k}": final[k] for k in HPARAM_METRICS if k in final})
-        tensorboard.hparams(hparams_of(cfg), metrics)
+        # the final numbers as single points only where they serve: the HPARAMS tab's columns
+        metrics = {f"{TEST_GROUP}/best_val_elbo": ("best validation ELBO", summary["best_val_elbo"])}
+        metrics.update({f"{TEST_GROUP}/{k}": (title, final[k]) for k, title in HPARAM_METRICS.items() if k in final})
+        tensorboard.hparams(hparams_of(cfg), metrics, step)
+        tensorboard.text(f"{TEST_GROUP}/summary", summary_markdown(summary), step)
+        for name, png in pngs.items():
+            tensorboard.figure("viz/" + Path(name).stem, pictures.png_array(png), step)
     finally:
         tensorboard.close()
     export.write_json(folder / export.SUMMARY_FILE, summary)
     return summary
 
 
-def summary_table(summary):
-    grey = summary["config"]["data"]["binarize"] == "none"
-    table = Table(title=f"{summary['config']['family']['name']}, latent_dim {summary['config']['latent_dim']}: "
-                        f"test set, best epoch {summary['best_epoch']}",
-                  caption="data.binarize=none: Bernoulli log-likelihoods of grey levels, not normalised likelihoods"
-                  if grey else None)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+@torch.no_grad()
+def posterior_sample(model, split, labels):
+    """What the pictures of q(z|x) are drawn from, small enough to keep with the run (the report draws every
+    family's panel from these files without loading a model): the posterior means of the first
+    POSTERIOR_MEANS test images, the covariances of the first POSTERIOR_COVARIANCES, their labels."""
+    images = split.pixels[:POSTERIOR_MEANS]
+    return {
+        "means": model.posterior(images).mean.float().cpu(),
+        "covariances": model.posterior(images[:POSTERIOR_COVARIANCES]).covariance().float().cpu(),
+        "labels": labels[:len(images)].clone(),
+    }
+
+
+def posterior_figures(sample, images, label):
+    """{file name: figure}: the ellipses of this run's one family, and the correlation matrices of q(z|x)
+    for the first test images beside those images."""
+    return {
+        export.ELLIPSES_PNG: pictures.sample_ellipse_figure({label: sample}),
+        export.CORRELATIONS_PNG: pictures.correlation_figure(sample["covariances"], label, images=images.cpu(),
+                                                             count=CORRELATION_IMAGES),
+    }
+
+
+def run_label(cfg):
+    """The run's family as the report names it, e.g. "lowrank(k=4)"."""
+    from vae_compare.report.collect import variant_label
+
+    return variant_label(flatten(plain(cfg)), [])
+
+
+def summary_rows(summary):
+    """(metric, value) rows of a finished run's final table, for the console and for TensorBoard's text."""
     test = summary["test"]
     if not test:  # eval.on_test=false
-        table.add_row("best validation ELBO (test set not evaluated)", f"{summary['best_val_elbo']:.2f}")
-        return table
-    rows = [
+        return [("best validation ELBO (test set not evaluated)", f"{summary['best_val_elbo']:.2f}")]
+    return [
         ("log p(x), IWAE k=%d (nats)" % test["iwae_samples"], f"{test['log_px']:.2f} ± {test['log_px_stderr']:.2f}"),
         ("ELBO (nats)", f"{test['elbo']:.2f}"),
         ("KL (nats)", f"{test['kl']:.2f}"),
         ("reconstruction (nats)", f"{test['recon']:.2f}"),
         ("active units (coordinates, Burda et al.)", f"{test['active_units']} / {summary['config']['latent_dim']}"),
-        ("active directions (rotation-invariant)", f"{test['active_directions']} / {summary['config']['latent_dim']}"),
+        ("active directions (rotation-invariant)", f"{test.get('active_directions', '?')} / {summary['config']['latent_dim']}"),
         ("mean |off-diagonal correlation|", f"{test['offdiag_corr']:.3f}"),
         ("log-det gap (nats)", f"{test['logdet_gap']:.3f}"),
         ("median condition number", f"{test['condition_number']:.2f}"),
@@ -85,9 +127,29 @@ def summary_table(summary):
         ("seconds per epoch", f"{summary['seconds_per_epoch']:.2f}"),
         ("IWAE evaluation seconds", f"{test['iwae_seconds']:.1f}"),
     ]
-    for name, value in rows:
+
+
+def summary_title(summary):
+    return (f"{summary['config']['family']['name']}, latent_dim {summary['config']['latent_dim']}: "
+            f"test set, best epoch {summary['best_epoch']}")
+
+
+def summary_table(summary):
+    grey = summary["config"]["data"]["binarize"] == "none"
+    table = Table(title=summary_title(summary),
+                  caption="data.binarize=none: Bernoulli log-likelihoods of grey levels, not normalised likelihoods"
+                  if grey else None)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in summary_rows(summary):
         table.add_row(name, value)
     return table
+
+
+def summary_markdown(summary):
+    """The final table as markdown, for TensorBoard's TEXT tab."""
+    rows = [f"| {name.replace('|', '&#124;')} | {value} |" for name, value in summary_rows(summary)]
+    return "\n".join([f"**{summary_title(summary)}**", "", "| metric | value |", "|---|---:|", *rows])
 
 
 def run_config(folder: Path, overrides):

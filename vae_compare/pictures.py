@@ -136,6 +136,19 @@ def digit_colours(labels, count):
     return [cmap(int(label) % 10) for label in labels]
 
 
+def ellipse_suptitle(count, shown, latent_dim, shared_basis, fig_width, legend):
+    plane = ("the latent plane" if latent_dim <= 2 else
+             "the pooled means' principal plane" if shared_basis else "each model's own principal plane of E[z|x]")
+    # two short lines: the legend sits in the right margin beside the title rows, so a long title hits it
+    lines = [f"Posterior means of {count} test images (dots), 1-sd ellipses of q(z|x) for the first {shown}",
+             f"d = {latent_dim}, {plane}"]
+    # characters of a medium font (about 11 per inch) that fit: the title is centred on the figure and the
+    # legend (about 1.2 inches) takes the top right corner, so keep its width clear on both sides; over one
+    # panel the title is otherwise wider than the room left of the legend
+    width = int(11 * (fig_width - (2 * 1.2 if legend else 0.0)))
+    return "\n".join(textwrap.fill(line, width) for line in lines)
+
+
 def ellipse_figure(panels, labels=None, max_ellipses=50, shared_basis=False):
     """One panel per family: every posterior mean as a dot coloured by digit, and the 1-sd ellipse of
     q(z|x) for the first max_ellipses images.
@@ -189,8 +202,12 @@ def ellipse_figure(panels, labels=None, max_ellipses=50, shared_basis=False):
     panel_width = 4.0
     aspect = 0.5 if latent_dim == 1 else (high[1] - low[1]) / (high[0] - low[0])
     panel_height = panel_width * float(np.clip(aspect, 0.2, 1.6))
-    fig = Figure(figsize=(panel_width * len(names) + 1.2, max(panel_height + 1.3, 3.0)), layout="compressed",
-                 dpi=DPI)
+    fig_width = panel_width * len(names) + 1.2
+    suptitle = ellipse_suptitle(count, shown, latent_dim, shared_basis, fig_width, labels is not None)
+    # 1.3 inches hold a two-line title, the panel titles and the axis label; more title lines need more
+    title_lines = suptitle.count("\n") + 1
+    fig = Figure(figsize=(fig_width, max(panel_height + 1.3 + 0.2 * max(title_lines - 2, 0), 3.0)),
+                 layout="compressed", dpi=DPI)
     fig.get_layout_engine().set(h_pad=0.08)  # the default 3 pt lets the two-line titles touch
     axes = fig.subplots(1, len(names), sharex=True, sharey=True, squeeze=False)[0]
     for ax, name in zip(axes, names):
@@ -214,13 +231,7 @@ def ellipse_figure(panels, labels=None, max_ellipses=50, shared_basis=False):
     axes[0].set_xlim(low[0], high[0])
     axes[0].set_ylim(low[1], high[1])
 
-    plane = ("the latent plane" if latent_dim <= 2 else
-             "the pooled means' principal plane" if shared_basis else "each model's own principal plane of E[z|x]")
-    # two short lines: the legend sits in the right margin beside the title rows, so a long title hits it
-    lines = [f"Posterior means of {count} test images (dots), 1-sd ellipses of q(z|x) for the first {shown}",
-             f"d = {latent_dim}, {plane}"]
-    width = int(11 * panel_width * len(names))  # characters of a medium font that fit over the panels
-    fig.suptitle("\n".join(textwrap.fill(line, width) for line in lines), fontsize="medium")
+    fig.suptitle(suptitle, fontsize="medium")
     if labels is not None:
         present = sorted(set(labels.tolist()))
         cmap = matplotlib.colormaps[DIGIT_COLOURS]
@@ -289,5 +300,25 @@ def figure_array(fig) -> np.ndarray:
 
     Decoded from figure_png, so TensorBoard shows the very pixels of the PNG.
     """
-    rgba = imread(io.BytesIO(figure_png(fig)), format="png")  # float32 in [0, 1] from 8-bit samples
+    return png_array(figure_png(fig))
+
+
+def png_array(png: bytes) -> np.ndarray:
+    """PNG bytes (figure_png) as figure_array's uint8 (H, W, 3): one rendering serves the file and TensorBoard."""
+    rgba = imread(io.BytesIO(png), format="png")  # float32 in [0, 1] from 8-bit samples
     return np.round(rgba[..., :3] * 255).astype(np.uint8)
+
+
+def sample_ellipse_figure(samples):
+    """ellipse_figure of saved posterior samples: {panel name: {"means": (N, d), "covariances": (M, d, d),
+    "labels": (N,)}} as finish.posterior_sample writes them, M <= N, both of the first test images.
+
+    Every panel shows the images that all samples hold (runs may have evaluated different numbers of
+    test images; the first ones are the same images). Ellipses are drawn for the first M, and the
+    panel titles' mean |corr| is over those M images.
+    """
+    count = min(len(sample["means"]) for sample in samples.values())
+    shown = min(count, *(len(sample["covariances"]) for sample in samples.values()))
+    panels = {name: (sample["means"][:count], sample["covariances"][:shown]) for name, sample in samples.items()}
+    labels = next(iter(samples.values()))["labels"][:count]
+    return ellipse_figure(panels, labels=labels, max_ellipses=shown)

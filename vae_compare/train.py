@@ -244,7 +244,7 @@ class Run:
             z = torch.randn(64, self.cfg.latent_dim, generator=generator, device=self.device)
             samples = torch.sigmoid(model.decoder(z))
         tensorboard.images("val/reconstructions", torch.cat((originals, reconstructions)), epoch)
-        tensorboard.images("prior/samples", samples, epoch)
+        tensorboard.images("viz/prior_samples", samples, epoch)
 
     def fit(self, guard, progress):
         cfg = self.cfg.train
@@ -262,9 +262,9 @@ class Run:
                 if not all(math.isfinite(v) for v in val_metrics.values()):
                     raise Diverged(f"non-finite validation ELBO after epoch {epoch}; "
                                    f"last good checkpoint: {self.last_good()}")
-                tensorboard.scalars({k: train_metrics[k] for k in ("elbo", "kl", "recon")}, epoch, "train")
-                tensorboard.scalars({"seconds": train_metrics["seconds"],
-                                     "images_per_second": train_metrics["images_per_second"]}, epoch, "speed")
+                # speed is a training curve too: in the train/ group, so that train/ and val/ are
+                # the first two groups TensorBoard opens (export.TensorBoard)
+                tensorboard.scalars(train_metrics, epoch, "train")
                 tensorboard.scalars(val_metrics, epoch, "val")
                 if epoch % cfg.image_every == 0 or epoch == cfg.epochs:
                     self.log_images(tensorboard, epoch)

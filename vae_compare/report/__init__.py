@@ -1,7 +1,8 @@
 """`vae-compare report FOLDER`: summarize every finished run below FOLDER.
 
 Writes summary.csv (one row per run), report.md (groups, paired gains over diag, parameter counts,
-a verdict computed from the numbers, plots) and five PNG plots, and prints the group table.
+a verdict computed from the numbers, plots), the PNG plots of plots.PLOTS and one posterior picture per
+dataset x latent_dim, and prints the group table (its main columns, for a 100-column terminal).
 
 A group is dataset x latent_dim x settings x variant. The variant is the posterior family (with its
 rank for low-rank families, its own settings when they vary, and the family it was widened to match for
@@ -18,8 +19,8 @@ from rich import get_console
 
 from vae_compare import UserError, export
 from vae_compare.report.collect import config_keys, family_order, find_runs, label_runs, varying
-from vae_compare.report.plots import write_plots
-from vae_compare.report.render import group_table, markdown_table, report_markdown, rich_table, summary_rows, verdict
+from vae_compare.report.plots import posterior_markdown, write_plots
+from vae_compare.report.render import console_table, markdown_table, report_markdown, summary_rows, verdict
 from vae_compare.report.select import select_settings, selection_table
 from vae_compare.report.stats import make_groups
 
@@ -59,11 +60,12 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
         return {"runs": len(runs), "unfinished": unfinished, "selected": rows, "out": str(out)}
     groups = make_groups(runs)
     verdict_text = verdict(groups)
-    write_plots(runs, groups, out)
+    posterior_plots = write_plots(runs, groups, out)
     markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys, verdict_text)
+    markdown += posterior_markdown(posterior_plots)
     export.atomic_write(out / "report.md", markdown.encode())
 
-    console.print(rich_table(*group_table(groups), title=f"{len(runs)} finished runs below {folder}"))
+    console.print(console_table(groups, title=f"{len(runs)} finished runs below {folder}"))
     console.print(verdict_text)
     console.print(f"report: {out / 'report.md'}")
     return {"runs": len(runs), "unfinished": unfinished, "groups": groups, "verdict": verdict_text, "out": str(out)}

@@ -1,12 +1,14 @@
-"""The report's plots: one table (PLOTS) names every PNG, its title and how it is drawn."""
+"""The report's plots: one table (PLOTS) names every PNG, its title and how it is drawn; the posterior
+pictures, one per dataset x latent_dim, are entries of the same form made from the runs (posterior_plots)."""
 
 import io
 import math
 
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from vae_compare import export
+from vae_compare import export, pictures
 from vae_compare.report.collect import series
 
 def save_png(fig, path):
@@ -27,17 +29,68 @@ def plot_vs_latent_dim(groups, metric, ylabel, colours, path, log_y=False):
                             for row in rows if series(row) == name)
             x, y, err = zip(*points)
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colours[name], label=name)
-        dims = sorted({row["latent_dim"] for row in rows})
-        if dims[-1] >= 4 * dims[0]:  # latent sizes are usually powers of two
-            ax.set_xscale("log", base=2)
-            ax.minorticks_off()
-        ax.set_xticks(dims, [str(d) for d in dims])
+        latent_dim_axis(ax, sorted({row["latent_dim"] for row in rows}))
         if log_y:
             ax.set_yscale("log")
         ax.set(title=dataset, xlabel="latent_dim", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     save_png(fig, path)
+
+
+def log_latent_dims(dims):
+    return dims[-1] >= 4 * dims[0]  # latent sizes are usually powers of two
+
+
+def latent_dim_axis(ax, dims):
+    """The x axis of a plot against latent_dim: a tick per size, base-2 log scale when they span a factor 4."""
+    if log_latent_dims(dims):
+        ax.set_xscale("log", base=2)
+        ax.minorticks_off()
+    ax.set_xticks(dims, [str(d) for d in dims])
+
+
+def dodge(latent_dim, index, count, dims):
+    """x of the index-th of count series at latent_dim: side by side, so that intervals at one size do not
+    hide each other (a fixed share of the distance between sizes, in the axis's own scale)."""
+    shift = 0.08 * (index - (count - 1) / 2)
+    if log_latent_dims(dims):
+        return latent_dim * 2 ** shift
+    step = min((b - a for a, b in zip(dims, dims[1:])), default=1)
+    return latent_dim + shift * step
+
+
+def gain_figure(groups, colours):
+    """The question's answer per dataset: each variant's paired gain in test log p(x) over diag against
+    latent_dim, with the interval the report's table gives it (gain_low, gain_high); a gain from one paired
+    seed has no interval and is drawn as a point without a bar."""
+    datasets = sorted({row["dataset"] for row in groups})
+    fig = Figure(figsize=(5.5 * len(datasets), 4), layout="constrained")
+    for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets):
+        dims = sorted({row["latent_dim"] for row in groups if row["dataset"] == dataset})
+        rows = [row for row in groups if row["dataset"] == dataset and row["gain"] is not None]
+        ax.axhline(0.0, color="0.25", linewidth=1, zorder=0)  # diag itself
+        names = list(dict.fromkeys(series(row) for row in rows))
+        for index, name in enumerate(names):
+            points = sorted((row for row in rows if series(row) == name), key=lambda row: row["latent_dim"])
+            x = [dodge(row["latent_dim"], index, len(names), dims) for row in points]
+            ax.plot(x, [row["gain"] for row in points], marker="o", color=colours[name], label=name)
+            bars = [(xi, row) for xi, row in zip(x, points) if row["gain_low"] is not None]
+            if bars:
+                ax.errorbar([xi for xi, _ in bars], [row["gain"] for _, row in bars],
+                            yerr=[[row["gain"] - row["gain_low"] for _, row in bars],
+                                  [row["gain_high"] - row["gain"] for _, row in bars]],
+                            fmt="none", ecolor=colours[name], capsize=3)
+        latent_dim_axis(ax, dims)
+        ax.set(title=f"{dataset}: paired by seed; bars: the gain's interval (report table), none for n=1",
+               xlabel="latent_dim", ylabel="gain in test log p(x) over diag (nats)")
+        ax.title.set_fontsize("small")
+        ax.grid(alpha=0.3)
+        if names:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no variant shares a seed with diag", transform=ax.transAxes, ha="center")
+    return fig
 
 
 def validation_curve(folder):
@@ -83,12 +136,61 @@ def plot_validation_curves(runs, colours, path):
 
 
 
+def load_sample(folder):
+    """A run's posterior_sample.pt (finish.posterior_sample), or None when it is missing or unreadable
+    (runs from before the file existed)."""
+    try:
+        return torch.load(folder / export.POSTERIOR_SAMPLE, map_location="cpu", weights_only=True)
+    except Exception:  # missing, truncated or foreign: torch raises several types
+        return None
+
+
+def posterior_plots(runs):
+    """(file name, title, how to draw it) for the posterior pictures: per dataset x latent_dim, one figure
+    with one panel per variant, drawn from the first seed's saved sample (runs come sorted by seed), so no
+    model is loaded. Cells where no run has a sample get no figure."""
+    samples = {}
+    for run in runs:
+        cell = samples.setdefault((run["dataset"], run["latent_dim"]), {})
+        if series(run) not in cell:
+            sample = load_sample(run["folder"])
+            if sample is not None:
+                cell[series(run)] = sample
+    one_dataset = len({run["dataset"] for run in runs}) == 1
+    entries = []
+    for (dataset, latent_dim), cell in samples.items():
+        if cell:
+            name = f"posterior_ellipses{'' if one_dataset else '_' + dataset}_d{latent_dim}.png"
+            entries.append((name, f"q(z|x), {dataset}, latent_dim {latent_dim}", draw_samples(cell)))
+    return entries
+
+
+def draw_samples(cell):
+    return lambda runs, groups, colours, path: save_png(pictures.sample_ellipse_figure(cell), path)
+
+
+def posterior_markdown(entries):
+    """report.md's section for the posterior pictures (posterior_plots' entries)."""
+    if not entries:
+        return ""
+    lines = ["", "## The posterior q(z|x)", "",
+             "One panel per variant (its first seed's run): the posterior means of the first test images (dots, "
+             "coloured by digit) and the 1-sd ellipses of q(z|x) for the first of them, in the latent plane (d = 2) "
+             "or in each model's own principal plane of the means (d > 2). In the latent plane diag's ellipses "
+             "are axis-aligned; a full covariance can tilt them.", ""]
+    for name, title, _ in entries:
+        lines += [f"![{title}]({name})", ""]
+    return "\n".join(lines)
+
+
 def vs_latent_dim(metric, ylabel, log_y=False):
     return lambda runs, groups, colours, path: plot_vs_latent_dim(groups, metric, ylabel, colours, path, log_y)
 
 
 # (file name, title, how to draw it): report.md links these in this order.
 PLOTS = [
+    ("log_px_gain_vs_latent_dim.png", "gain in test log p(x) over diag",
+     lambda runs, groups, colours, path: save_png(gain_figure(groups, colours), path)),
     ("log_px_vs_latent_dim.png", "test log p(x), IWAE",
      vs_latent_dim("log_px", "test log p(x), IWAE (nats, higher is better)")),
     ("logdet_gap_vs_latent_dim.png", "log-det gap", vs_latent_dim("logdet_gap", "log-det gap (nats)")),
@@ -101,6 +203,10 @@ PLOTS = [
 
 
 def write_plots(runs, groups, out):
+    """Draw PLOTS and the posterior pictures into out; returns the posterior entries (report.md links
+    PLOTS itself, and these with posterior_markdown)."""
     colours = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(series(row) for row in groups))}
-    for name, _, draw in PLOTS:
+    posterior = posterior_plots(runs)
+    for name, _, draw in PLOTS + posterior:
         draw(runs, groups, colours, out / name)
+    return posterior

@@ -5,6 +5,7 @@ from collections import defaultdict
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from vae_compare.posteriors import FAMILIES
 from vae_compare.report.collect import family_order
@@ -145,15 +146,48 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
-def rich_table(header, rows, title):
-    # compact (no borders, narrow gaps): the table has many columns and wraps less on ordinary terminals
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
+TEXT_COLUMNS = ("dataset", "settings", "variant")
+# The console's group table: the columns that answer the question, short enough for a 100-column terminal;
+# report.md keeps every column.
+CONSOLE_CAPTION = ("d: latent_dim · n: seeds · log p(x): test IWAE estimate, mean ± sd over seeds (nats) · "
+                   "gain vs diag: mean paired gain in log p(x) [interval] · ELBO: test, mean · gap: log-det gap · "
+                   "s/ep: seconds per epoch. report.md also has head outputs, parameters and active units.")
+
+
+def rich_table(header, rows, title, caption=None):
+    """Compact (no borders, narrow gaps). Text cells are cut with an ellipsis rather than wrapped when the
+    terminal is too narrow, so every row stays one line; numbers are never cut."""
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True,
+                  pad_edge=False)
     for name in header:
-        table.add_column(name, justify="left" if name in ("dataset", "settings", "variant") else "right")
+        text = name in TEXT_COLUMNS
+        table.add_column(name, justify="left" if text else "right", no_wrap=not text)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell, no_wrap=True, overflow="ellipsis") if name in TEXT_COLUMNS else cell
+                        for name, cell in zip(header, row)))
     return table
 
+
+def console_table(groups, title):
+    """The group table for the terminal: dataset only when there are several, no head outputs, parameters
+    or active units, the ELBO without its sd; the abbreviations explained in the caption. Settings that
+    vary get a line of their own above their rows instead of a column, which would leave too little room
+    for the variant names."""
+    datasets = len({row["dataset"] for row in groups}) > 1
+    header = (["dataset"] if datasets else []) + ["d", "variant", "n", "log p(x)", "gain vs diag", "ELBO", "gap",
+                                                  "s/ep"]
+    rows, setting = [], None
+    for row in groups:
+        lead = ([row["dataset"]] if datasets else []) + [str(row["latent_dim"])]
+        if row["setting"] and row["setting"] != setting:
+            rows.append(lead + [row["setting"] + ":"] + [""] * (len(header) - len(lead) - 1))
+        setting = row["setting"]
+        rows.append(lead + [
+            row["variant"], str(row["n"]), plus_minus(row["log_px_mean"], row["log_px_std"]), gain_text(row),
+            f"{row['elbo_mean']:.2f}", f"{row['logdet_gap_mean']:.2f}", f"{row['seconds_per_epoch_mean']:.2f}"])
+    if not datasets:
+        title += f" ({groups[0]['dataset']})"
+    return rich_table(header, rows, title, caption=Text(CONSOLE_CAPTION))  # Text: "[interval]" is no markup
 
 
 def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text):

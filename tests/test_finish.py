@@ -103,7 +103,7 @@ def test_tensorboard_opens_on_the_curves_and_keeps_the_final_numbers_for_hparams
     accumulator = event_data(tmp_path)
     tags = accumulator.Tags()
     scalars = set(tags["scalars"])
-    assert scalars == {f"{finish.TEST_GROUP}/{name}" for name in finish.HPARAM_METRICS}
+    assert scalars == {f"{finish.TEST_GROUP}/{name}" for name in [*finish.HPARAM_METRICS, "best_val_elbo"]}
     groups = {tag.split("/")[0] for tag in scalars | set(tags["images"])}
     assert sorted(["train", "val", *groups])[:2] == ["train", "val"]  # the curves' groups come first
     log_px = accumulator.Scalars(f"{finish.TEST_GROUP}/log_px")
@@ -112,9 +112,9 @@ def test_tensorboard_opens_on_the_curves_and_keeps_the_final_numbers_for_hparams
     # the HPARAMS columns carry readable titles
     experiment = HParamsPluginData.FromString(accumulator.SummaryMetadata("_hparams_/experiment").plugin_data.content)
     titles = {info.name.tag: info.display_name for info in experiment.experiment.metric_infos}
-    assert titles[f"{finish.TEST_GROUP}/log_px"] == "test log p(x)" and len(titles) == len(finish.HPARAM_METRICS)
+    assert titles[f"{finish.TEST_GROUP}/log_px"] == "test log p(x)" and len(titles) == len(finish.HPARAM_METRICS) + 1
     # the run's final table as markdown in the TEXT tab
     (text,) = accumulator.Tensors(f"{finish.TEST_GROUP}/summary/text_summary")
     markdown = text.tensor_proto.string_val[0].decode()
     assert markdown.startswith("**lowrank, latent_dim 2: test set, best epoch 3**")
-    assert "| log p(x), IWAE k=4 (nats) |" in markdown and "| active units | " in markdown
+    assert "| log p(x), IWAE k=4 (nats) |" in markdown and "| active units (coordinates, Burda et al.) | " in markdown

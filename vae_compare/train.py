@@ -291,6 +291,11 @@ class Run:
         }
 
 
+def progress_columns():
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ELBO {task.fields[elbo]}"),
+            TimeRemainingColumn())
+
+
 def train(cfg, folder: Path, console: Console):
     """Train (or continue) the run in `folder` and evaluate it; returns its summary."""
     existing = read_summary(folder)
@@ -301,10 +306,8 @@ def train(cfg, folder: Path, console: Console):
     export.check_writable(folder)
     run = Run(cfg, folder)
     export.write_csv(folder / export.PARAMS_FILE, [export.params_row(cfg, run.model)])
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ELBO {task.fields[elbo]}"),
-               TimeRemainingColumn())
     with SignalGuard() as guard:
-        with Progress(*columns, console=console) as progress:
+        with Progress(*progress_columns(), console=console) as progress:
             run.fit(guard, progress)
         guard.immediate = True
         guard.check()  # a signal that came during the last validation pass

@@ -156,7 +156,7 @@ def live_progress():
     """(progress, task) as training shows them on a terminal (rendered to nowhere), so the bench pays for the
     progress bar as a user's run does."""
     sink = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)
-    progress = Progress(*progress_columns(), console=sink)
+    progress = Progress(*progress_columns(), console=sink, redirect_stdout=False, redirect_stderr=False)
     progress.start()
     return progress, progress.add_task("training", total=1, elbo="")
 

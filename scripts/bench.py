@@ -45,7 +45,7 @@ from vae_compare import UserError, data, evaluate
 from vae_compare.cli import compose
 from vae_compare.model import IMAGE_SIZE, build_model
 from vae_compare.posteriors import FAMILIES, Noise
-from vae_compare.train import Run, SignalGuard, make_optimizer, pick_device, progress_columns, train_step
+from vae_compare.train import Run, SignalGuard, flush_denormals, make_optimizer, pick_device, progress_columns, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 LATENT_DIMS = (2, 8, 16, 32, 64, 128)
@@ -593,6 +593,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    flush_denormals()  # as the vae-compare command does, before OpenMP's threads start (applies to both sides of a)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

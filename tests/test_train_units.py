@@ -58,3 +58,89 @@ def test_offdiag_scale_multiplies_the_offdiagonal_outputs():
     small.load_state_dict(big.state_dict())
     assert torch.allclose(small.posterior(x).offdiag, 0.01 * big.posterior(x).offdiag)
     assert torch.equal(small.posterior(x).mean, big.posterior(x).mean)
+
+
+# ---- the training step and the NaN guard -------------------------------------------------------------
+FAMILY_SETTINGS = {"diag": [], "cholesky": ["family=cholesky"], "lowrank": ["family=lowrank", "family.rank=2"],
+                   "corr": ["family=corr"], "rank1sum": ["family=rank1sum"]}
+
+
+@pytest.mark.parametrize("family", FAMILY_SETTINGS)
+def test_noise_drawn_ahead_gives_the_eager_forward(family):
+    """train.compile draws the noise outside the compiled graph: same generators, same draws, same terms."""
+    from vae_compare.cli import compose
+    from vae_compare.model import build_model
+    from vae_compare.posteriors import Noise
+
+    cfg = compose(["latent_dim=4", "model.hidden=[16]", *FAMILY_SETTINGS[family]])
+    model = build_model(cfg)
+    x = torch.rand(5, 784).round()
+    eager = model(x, Noise(3, torch.device("cpu")))
+    ahead = model.forward_from_noise(x, model.training_noise(x, Noise(3, torch.device("cpu"))))
+    for a, b in zip(eager, ahead):
+        assert torch.equal(a, b)
+
+
+def tiny_run(tmp_path, *overrides):
+    from conftest import TINY
+    from vae_compare.cli import compose
+    from vae_compare.train import Run
+
+    tiny = [o for o in TINY if not o.startswith("train.threads")]
+    return Run(compose([*tiny, "device=cpu", *overrides]), tmp_path)
+
+
+class NoGuard:
+    received = None
+
+
+def test_a_non_finite_step_between_log_points_stops_the_epoch_before_anything_is_written(tmp_path, real_data):
+    """The finiteness check reads the device only every train.log_every steps: a bad step in between is still
+    found, by its number, before the epoch returns (so before fit writes a checkpoint or a metrics row)."""
+    from rich.progress import Progress
+
+    from vae_compare.export import CHECKPOINT
+    from vae_compare.train import Diverged
+
+    run = tiny_run(tmp_path, "train.log_every=50")  # 8 steps per epoch: no log point before the last step
+    batches = run.train_data.epoch_batches
+
+    def poisoned(*args, **kwargs):
+        for step, batch, generator in batches(*args, **kwargs):
+            yield step, (batch * torch.nan if step == 2 else batch), generator
+
+    run.train_data.epoch_batches = poisoned
+    progress = Progress(disable=True)
+    with pytest.raises(Diverged, match="at epoch 1 step 3;"):
+        run.train_epoch(progress, progress.add_task("", total=1, elbo=""), NoGuard())
+    assert run.epoch == 0 and not run.metrics and not (tmp_path / CHECKPOINT).exists()
+
+
+def test_divergence_stops_fit_with_nothing_written(tmp_path, real_data):
+    from rich.progress import Progress
+
+    from vae_compare.export import CHECKPOINT, METRICS_FILE
+    from vae_compare.train import Diverged
+
+    run = tiny_run(tmp_path, "train.lr=1e12")
+    with pytest.raises(Diverged, match="non-finite"):
+        run.fit(NoGuard(), Progress(disable=True))
+    assert not (tmp_path / CHECKPOINT).exists() and not (tmp_path / METRICS_FILE).exists()
+
+
+def test_unclipped_step_reports_the_gradient_norm_without_touching_gradients():
+    from vae_compare.train import make_optimizer, train_step
+
+    torch.manual_seed(0)
+    model = make_vae(3, [8], "relu", "diag")
+    x = torch.rand(4, 784).round()
+    torch.manual_seed(1)  # without a Noise the step draws from the global RNG: compare against the same draw
+    recon, kl = model(x, None)
+    (recon + kl).mean().backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    grads = [p.grad.clone() for p in model.parameters()]
+    optimizer = make_optimizer(model, 0.0)  # lr 0: the step leaves the weights alone
+    torch.manual_seed(1)
+    _, _, _, norm = train_step(model, optimizer, x, 1.0, float("inf"))
+    assert norm == pytest.approx(expected.item(), rel=1e-5)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))

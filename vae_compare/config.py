@@ -105,6 +105,8 @@ class TrainConfig:
     image_every: int = key(5, RUNTIME, minimum=1)
     log_every: int = key(50, RUNTIME, minimum=1)
     threads: Optional[int] = key(None, RUNTIME, minimum=1)
+    # torch.compile (inductor) of the forward and loss; float rounding differs from eager, nothing else
+    compile: bool = key(False, RUNTIME)
 
 
 @dataclass

@@ -12,18 +12,23 @@ def burda(epochs):
     return OmegaConf.create({"lr_schedule": "burda", "lr": 1e-3, "epochs": epochs})
 
 
-def test_burda_schedule_has_the_papers_stages():
+# Burda et al.'s code (experiments.py): stage i = 1..8 at 1e-4 * round(10^(1 - (i-1)/7), 1)
+REFERENCE_RATES = [1e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1e-4]
+
+
+def test_burda_schedule_has_the_reference_stages():
     cfg = burda(3280)
     stage_starts = [sum(3 ** j for j in range(i)) for i in range(8)]  # 0, 1, 4, 13, 40, 121, 364, 1093
     for i, start in enumerate(stage_starts):
-        assert learning_rate(cfg, start) == pytest.approx(1e-3 * 10 ** (-i / 7))
-    assert learning_rate(cfg, 3279) == pytest.approx(1e-3 * 10 ** (-1))
+        assert learning_rate(cfg, start) == pytest.approx(REFERENCE_RATES[i], rel=1e-12)
+        assert learning_rate(cfg, start + 3 ** i - 1) == pytest.approx(REFERENCE_RATES[i], rel=1e-12)  # stage end
+    assert learning_rate(cfg, 3279) == pytest.approx(1e-4)
 
 
 def test_burda_schedule_scales_with_epochs():
     cfg = burda(328)  # a tenth: stage i lasts 3^i / 10 epochs, rounded, so stages 0 and 1 vanish
     rates = [learning_rate(cfg, e) for e in range(328)]
-    assert rates[0] == pytest.approx(1e-3 * 10 ** (-2 / 7)) and rates[-1] == pytest.approx(1e-4)
+    assert rates[0] == pytest.approx(REFERENCE_RATES[2]) and rates[-1] == pytest.approx(1e-4)
     assert all(a >= b for a, b in zip(rates, rates[1:]))
     # the last stage takes the same share (2187/3280) of the run
     assert sum(r == pytest.approx(1e-4) for r in rates) == pytest.approx(328 * 2187 / 3280, abs=1)
@@ -144,3 +149,50 @@ def test_unclipped_step_reports_the_gradient_norm_without_touching_gradients():
     _, _, _, norm = train_step(model, optimizer, x, 1.0, float("inf"))
     assert norm == pytest.approx(expected.item(), rel=1e-5)
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+
+
+# ---- burda2016 as the reference implementation runs it --------------------------------------------
+def test_output_bias_starts_at_the_logit_of_the_training_mean_and_moves_nothing_else(tmp_path, real_data):
+    default = tiny_run(tmp_path / "default")
+    started = tiny_run(tmp_path / "mean", "model.output_bias=data_mean")
+    m = started.train_data.pixels.mean(0).double().clamp(0.001, 0.999)
+    bias = started.model.decoder[-1].bias
+    assert torch.allclose(bias.double(), torch.log(m / (1 - m)), atol=1e-6)
+    assert bias.min().item() == pytest.approx(torch.logit(torch.tensor(0.001)).item(), rel=1e-5)  # edge pixels: clipped
+    # every other parameter comes from its own seeded stream, untouched by the start
+    named = dict(default.model.named_parameters())
+    for name, value in started.model.named_parameters():
+        if value is not bias:
+            assert torch.equal(value, named[name]), name
+    assert not torch.equal(bias, default.model.decoder[-1].bias)
+
+
+def test_adam_settings_reach_the_optimizer(tmp_path, real_data):
+    run = tiny_run(tmp_path, "train.adam_eps=1e-4", "train.adam_beta1=0.99")
+    group = run.optimizer.param_groups[0]
+    assert group["eps"] == 1e-4 and group["betas"] == (0.99, 0.999) and group["fused"]
+    default = tiny_run(tmp_path / "default").optimizer.param_groups[0]
+    assert default["eps"] == 1e-8 and default["betas"] == (0.9, 0.999)
+
+
+def test_adam_beta1_must_be_below_one():
+    from vae_compare import UserError
+    from vae_compare.cli import compose
+    from vae_compare.config import validate
+
+    with pytest.raises(UserError, match="train.adam_beta1 must be a number < 1"):
+        validate(compose(["train.adam_beta1=1.0"]))
+
+
+def test_burda2016_preset_trains_on_the_first_59600_images(real_data):
+    from conftest import MNIST
+    from vae_compare.cli import compose
+    from vae_compare.data import load_training, read_images
+
+    cfg = compose(["experiment=burda2016", f"data.root={MNIST}"])
+    assert cfg.model.output_bias == "data_mean" and cfg.train.adam_beta1 == 0.99
+    assert cfg.train.adam_eps == pytest.approx(1e-4 / cfg.train.batch_size)
+    _, train_data, val = load_training(cfg.data, cfg.seed, torch.device("cpu"))
+    images = read_images(MNIST, "train")
+    assert len(train_data) == 59_600 and len(val) == 400
+    assert torch.equal(train_data.pixels, images[:59_600])

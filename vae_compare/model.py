@@ -63,7 +63,7 @@ class VAE(nn.Module):
     Bernoulli logits. `seed` starts the trunk, the head's mean and scale rows, its other rows and the
     decoder from separate streams."""
 
-    def __init__(self, config: VAEConfig, seed=0):
+    def __init__(self, config: VAEConfig, seed=0, output_bias=None):
         super().__init__()
         self.config = config
         self.latent_dim, self.family = config.latent_dim, FAMILIES[config.family.name]
@@ -86,6 +86,9 @@ class VAE(nn.Module):
         self.encoder = nn.Sequential(*trunk, ACTIVATIONS[config.activation](), head)
         self.decoder = seeded(seed, 4, lambda: mlp([config.latent_dim, *config.decoder_hidden, IMAGE_SIZE],
                                                    config.activation))
+        if output_bias is not None:  # replaces the drawn bias; draws nothing, so the other parts stay as they are
+            with torch.no_grad():
+                self.decoder[-1].bias.copy_(output_bias)
 
         # noise dimensions beyond d that the family draws per sample (lowrank's and rank1sum's k)
         with torch.no_grad():
@@ -172,5 +175,17 @@ def vae_config(cfg) -> VAEConfig:
     return matched
 
 
-def build_model(cfg) -> VAE:
-    return VAE(vae_config(cfg), cfg.seed)
+def output_logits(mean_pixel, clip=1e-3):
+    """Burda et al.'s decoder output bias: log(m / (1 - m)) of each pixel's training mean m clipped to
+    [clip, 1 - clip] (the logits of the mean image)."""
+    m = mean_pixel.detach().double().cpu().clamp(clip, 1 - clip)
+    return torch.log(m / (1 - m)).float()
+
+
+def build_model(cfg, data_mean=None) -> VAE:
+    """The run's VAE. With model.output_bias=data_mean, `data_mean` (each pixel's mean grey level over the
+    training images) sets the decoder's output bias; a caller that loads trained weights next may leave it out."""
+    bias = None
+    if cfg.model.output_bias == "data_mean" and data_mean is not None:
+        bias = output_logits(data_mean)
+    return VAE(vae_config(cfg), cfg.seed, bias)

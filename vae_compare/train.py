@@ -26,8 +26,13 @@ from vae_compare.posteriors import Noise
 
 log = logging.getLogger(__name__)
 
-# Burda et al. (2016): stage i lasts 3^i epochs with learning rate lr * 10^(-i/7), i = 0..7.
+# Burda et al. (2016): stage i = 0..7 lasts 3^i epochs at learning rate lr * round(10^(1 - i/7), 1) / 10 (their
+# code: 1e-4 * round(10^(1 - (i-1)/7), 1) for i = 1..8, i.e. 1e-3, 7.2e-4, 5.2e-4, ..., 1.4e-4, 1e-4).
 BURDA_STAGES = 8
+
+
+def burda_rate(lr, stage):
+    return lr * round(10 ** (1 - stage / 7), 1) / 10
 
 
 # first_bad_step's value while every step of the epoch has been finite
@@ -100,13 +105,13 @@ def learning_rate(train_cfg, epoch):
     for stage in range(BURDA_STAGES):
         stage_end += 3 ** stage
         if epoch < round(stage_end * train_cfg.epochs / total):
-            return train_cfg.lr * 10 ** (-stage / 7)
-    return train_cfg.lr * 10 ** (-(BURDA_STAGES - 1) / 7)
+            return burda_rate(train_cfg.lr, stage)
+    return burda_rate(train_cfg.lr, BURDA_STAGES - 1)
 
 
-def make_optimizer(model, lr):
+def make_optimizer(model, lr, eps=1e-8, beta1=0.9):
     # fused: one kernel for all parameters; measured 4x faster per Adam step on the CPU (README, Speed)
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, 0.999), eps=eps, fused=True)
 
 
 def loss_terms(model, batch, eps, kl_weight):
@@ -155,9 +160,9 @@ class Run:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.data_folder, self.train_data, self.val = data.load_training(cfg.data, cfg.seed, self.device)
-        self.model = build_model(cfg).to(self.device)
+        self.model = build_model(cfg, data_mean=self.train_data.mean_pixel).to(self.device)
         self.noise = Noise(cfg.seed, self.device)
-        self.optimizer = make_optimizer(self.model, learning_rate(cfg.train, 0))
+        self.optimizer = make_optimizer(self.model, learning_rate(cfg.train, 0), cfg.train.adam_eps, cfg.train.adam_beta1)
         self.compiled = compiled_loss_terms(self.model) if cfg.train.compile else None
         self.metrics = []  # one dict per finished epoch
         self.best = {"val_elbo": -math.inf, "epoch": -1}

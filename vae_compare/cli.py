@@ -187,11 +187,12 @@ def hydra_train(cfg: DictConfig):
 
 
 def run_job(cfg, folder, multirun, overrides):
-    from vae_compare.train import Diverged, Interrupted, train
+    from vae_compare.train import Diverged, Interrupted, flush_denormals, train
 
     (folder / FAILED_FILE).unlink(missing_ok=True)
     try:
         validate(cfg)
+        flush_denormals()  # a joblib worker process does not pass through main()
         torch.set_num_threads(torch_threads(cfg))
         train(cfg, folder, get_console())
     except Interrupted as interrupt:
@@ -312,6 +313,8 @@ COMMANDS = {"train": train_command, "evaluate": evaluate_command, "report": repo
 
 
 def main(argv=None):
+    # vae_compare.train.flush_denormals, here before any parallel torch work starts OpenMP's threads
+    torch.set_flush_denormal(True)
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -51,11 +51,13 @@ ScaleTransform = choices("ScaleTransform", ("exp", "softplus"))
 OffdiagInit = choices("OffdiagInit", ("zero", "random", "default"))
 Activation = choices("Activation", ACTIVATIONS)
 LrSchedule = choices("LrSchedule", ("constant", "burda"))
+OutputBias = choices("OutputBias", ("default", "data_mean"))
 
 
-def key(default=dataclasses.MISSING, role=RESULT, minimum=None, above=None, factory=None):
-    """A schema field: its role, and its lower bound (`minimum` inclusive, `above` exclusive)."""
-    metadata = {"role": role, "minimum": minimum, "above": above}
+def key(default=dataclasses.MISSING, role=RESULT, minimum=None, above=None, below=None, factory=None):
+    """A schema field: its role, its lower bound (`minimum` inclusive, `above` exclusive) and its upper bound
+    (`below`, exclusive)."""
+    metadata = {"role": role, "minimum": minimum, "above": above, "below": below}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -92,6 +94,9 @@ class ModelConfig:
     activation: Activation = key("relu")
     match_params: Optional[FamilyName] = key(None)
     match_rank: int = key(4, minimum=1)
+    # decoder output bias at step 0: default (PyTorch's Linear init, from the decoder's seeded stream), or
+    # data_mean: the logit of each pixel's training mean (clipped to [0.001, 0.999]), Burda et al.'s start
+    output_bias: OutputBias = key("default")
 
 
 @dataclass
@@ -100,11 +105,16 @@ class TrainConfig:
     batch_size: int = key(128, minimum=1)
     lr: float = key(1e-3, above=0)
     lr_schedule: LrSchedule = key("constant")
+    # Adam's epsilon (added to the root of the bias-corrected second moment) and first-moment decay
+    adam_eps: float = key(1e-8, above=0)
+    adam_beta1: float = key(0.9, minimum=0, below=1)
     kl_weight: float = key(1.0, minimum=0)
     grad_clip: Optional[float] = key(None, above=0)
     image_every: int = key(5, RUNTIME, minimum=1)
     log_every: int = key(50, RUNTIME, minimum=1)
     threads: Optional[int] = key(None, RUNTIME, minimum=1)
+    # torch.compile (inductor) of the forward and loss; float rounding differs from eager, nothing else
+    compile: bool = key(False, RUNTIME)
 
 
 @dataclass
@@ -184,14 +194,16 @@ def validate(cfg: DictConfig) -> None:
     """Raise UserError naming the first value out of its range (types and choices are Hydra's checks)."""
     for dotted, item in schema_fields():
         value = OmegaConf.select(cfg, dotted)
-        minimum, above = item.metadata["minimum"], item.metadata["above"]
-        if value is None or (minimum is None and above is None):
+        minimum, above, below = item.metadata["minimum"], item.metadata["above"], item.metadata["below"]
+        if value is None or (minimum is None and above is None and below is None):
             continue
         kind = "an integer" if isinstance(value, int) else "a number"
         if minimum is not None:
             _require(value >= minimum, f"{dotted} must be {kind} >= {minimum}, got {value!r}")
         if above is not None:
             _require(value > above, f"{dotted} must be {kind} > {above}, got {value!r}")
+        if below is not None:
+            _require(value < below, f"{dotted} must be {kind} < {below}, got {value!r}")
     family = FAMILIES[cfg.family.name]
     rank_error = family.rank_error(cfg.latent_dim, cfg.family.rank)
     _require(rank_error is None, rank_error)

@@ -143,6 +143,8 @@ class TrainingData:
 
     def __init__(self, pixels, binarize, seed):
         self.pixels, self.binarize, self.seed = pixels, binarize, seed
+        # each pixel's mean grey level (before any static draw), for model.output_bias=data_mean
+        self.mean_pixel = pixels.mean(0)
         if binarize == "static":
             self.pixels = cpu_bernoulli(pixels, self.seed_of(-1))
 

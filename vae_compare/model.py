@@ -1,15 +1,17 @@
 """The VAE: an MLP encoder whose head size comes from the posterior family, an MLP Bernoulli decoder."""
 
 import dataclasses
+import enum
 import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vae_compare.posteriors import FAMILIES
+from vae_compare.posteriors import FAMILIES, standard_normal
 
 IMAGE_SIZE = 28 * 28
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -61,11 +63,14 @@ class VAE(nn.Module):
     Bernoulli logits. `seed` starts the trunk, the head's mean and scale rows, its other rows and the
     decoder from separate streams."""
 
-    def __init__(self, config: VAEConfig, seed=0):
+    def __init__(self, config: VAEConfig, seed=0, output_bias=None):
         super().__init__()
         self.config = config
         self.latent_dim, self.family = config.latent_dim, FAMILIES[config.family.name]
         self.head_size = config.head_size
+        # the family's settings as plain values: read on every step, where a config node's attribute access
+        # costs microseconds each
+        self.family_values = plain_values(config.family)
         trunk = seeded(seed, 1, lambda: mlp([IMAGE_SIZE, *config.encoder_hidden], config.activation))
         width = config.encoder_hidden[-1]
         # nn.Linear draws every row from the same distribution (bounds depend on fan-in only), so the head is
@@ -81,9 +86,17 @@ class VAE(nn.Module):
         self.encoder = nn.Sequential(*trunk, ACTIVATIONS[config.activation](), head)
         self.decoder = seeded(seed, 4, lambda: mlp([config.latent_dim, *config.decoder_hidden, IMAGE_SIZE],
                                                    config.activation))
+        if output_bias is not None:  # replaces the drawn bias; draws nothing, so the other parts stay as they are
+            with torch.no_grad():
+                self.decoder[-1].bias.copy_(output_bias)
+
+        # noise dimensions beyond d that the family draws per sample (lowrank's and rank1sum's k)
+        with torch.no_grad():
+            self.extra_noise_dim = self.family.from_head(torch.zeros(1, self.head_size), self.latent_dim,
+                                                         self.family_values).extra_noise_dim()
 
     def posterior(self, x):
-        return self.family.from_head(self.encoder(x), self.latent_dim, self.config.family)
+        return self.family.from_head(self.encoder(x), self.latent_dim, self.family_values)
 
     def log_likelihood(self, x, z):
         """log p(x|z) in nats for z of shape (..., B, d); x of shape (B, 784) holds Bernoulli means."""
@@ -95,6 +108,33 @@ class VAE(nn.Module):
         q = self.posterior(x)
         z = q.rsample_z(1, noise)[0]
         return -self.log_likelihood(x, z), q.kl_to_standard_normal()
+
+    def training_noise(self, x, noise=None):
+        """The noise forward(x, noise) would draw, drawn ahead (shape (1, B, d + extra)): the same generators,
+        the same order, so forward_from_noise(x, training_noise(x, noise)) is forward(x, noise) with its
+        random draws taken outside (torch.compile cannot trace a draw from a torch.Generator)."""
+        shape = (1, x.shape[0])
+        eps = standard_normal(shape + (self.latent_dim,), x, noise and noise.latent)
+        if self.extra_noise_dim == 0:
+            return eps
+        return torch.cat((eps, standard_normal(shape + (self.extra_noise_dim,), x, noise and noise.extra)), -1)
+
+    def forward_from_noise(self, x, eps):
+        """forward() with its noise given (see training_noise)."""
+        q = self.posterior(x)
+        z = q.noise_to_z(eps)[0]
+        return -self.log_likelihood(x, z), q.kl_to_standard_normal()
+
+
+def plain_values(node):
+    """A config node (DictConfig, dataclass or namespace) as a namespace of plain Python values."""
+    if isinstance(node, SimpleNamespace):
+        return node
+    if isinstance(node, DictConfig):
+        values = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    else:
+        values = dataclasses.asdict(node) if dataclasses.is_dataclass(node) else dict(vars(node))
+    return SimpleNamespace(**{k: str(v) if isinstance(v, enum.Enum) else v for k, v in values.items()})
 
 
 def encoder_matching(config: VAEConfig, target: VAEConfig):
@@ -135,5 +175,17 @@ def vae_config(cfg) -> VAEConfig:
     return matched
 
 
-def build_model(cfg) -> VAE:
-    return VAE(vae_config(cfg), cfg.seed)
+def output_logits(mean_pixel, clip=1e-3):
+    """Burda et al.'s decoder output bias: log(m / (1 - m)) of each pixel's training mean m clipped to
+    [clip, 1 - clip] (the logits of the mean image)."""
+    m = mean_pixel.detach().double().cpu().clamp(clip, 1 - clip)
+    return torch.log(m / (1 - m)).float()
+
+
+def build_model(cfg, data_mean=None) -> VAE:
+    """The run's VAE. With model.output_bias=data_mean, `data_mean` (each pixel's mean grey level over the
+    training images) sets the decoder's output bias; a caller that loads trained weights next may leave it out."""
+    bias = None
+    if cfg.model.output_bias == "data_mean" and data_mean is not None:
+        bias = output_logits(data_mean)
+    return VAE(vae_config(cfg), cfg.seed, bias)

@@ -26,8 +26,17 @@ from vae_compare.posteriors import Noise
 
 log = logging.getLogger(__name__)
 
-# Burda et al. (2016): stage i lasts 3^i epochs with learning rate lr * 10^(-i/7), i = 0..7.
+# Burda et al. (2016): stage i = 0..7 lasts 3^i epochs at learning rate lr * round(10^(1 - i/7), 1) / 10 (their
+# code: 1e-4 * round(10^(1 - (i-1)/7), 1) for i = 1..8, i.e. 1e-3, 7.2e-4, 5.2e-4, ..., 1.4e-4, 1e-4).
 BURDA_STAGES = 8
+
+
+def burda_rate(lr, stage):
+    return lr * round(10 ** (1 - stage / 7), 1) / 10
+
+
+# first_bad_step's value while every step of the epoch has been finite
+NO_BAD_STEP = 2 ** 62
 
 
 class Diverged(Exception):
@@ -68,6 +77,17 @@ class SignalGuard:
             signal.signal(s, handler)
 
 
+def flush_denormals():
+    """Flush float32 denormals (nonzero magnitudes below 1.2e-38) to zero in CPU arithmetic.
+
+    Adam's first moments for weights fed by MNIST's rarely-lit edge pixels decay through the denormal range
+    after each rare gradient, and denormal arithmetic is many times slower on x86: a batch-20 run slowed by
+    1.2-1.4x after a few thousand steps (README, Speed). Results change only where a value would fall below
+    1.2e-38. The setting is per thread and OpenMP's worker threads copy it when they start, so this must run
+    before the first parallel torch operation of the process (the CLI calls it first thing)."""
+    torch.set_flush_denormal(True)
+
+
 def pick_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,23 +105,46 @@ def learning_rate(train_cfg, epoch):
     for stage in range(BURDA_STAGES):
         stage_end += 3 ** stage
         if epoch < round(stage_end * train_cfg.epochs / total):
-            return train_cfg.lr * 10 ** (-stage / 7)
-    return train_cfg.lr * 10 ** (-(BURDA_STAGES - 1) / 7)
+            return burda_rate(train_cfg.lr, stage)
+    return burda_rate(train_cfg.lr, BURDA_STAGES - 1)
 
 
-def make_optimizer(model, lr):
+def make_optimizer(model, lr, eps=1e-8, beta1=0.9):
     # fused: one kernel for all parameters; measured 4x faster per Adam step on the CPU (README, Speed)
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, 0.999), eps=eps, fused=True)
 
 
-def train_step(model, optimizer, batch, kl_weight, max_norm, noise=None):
+def loss_terms(model, batch, eps, kl_weight):
+    """The training loss and its per-image terms from pre-drawn noise: the part of a step that
+    train.compile hands to torch.compile (forward here, backward through AOTAutograd)."""
+    recon, kl = model.forward_from_noise(batch, eps)
+    return (recon + kl_weight * kl).mean(), recon, kl
+
+
+def compiled_loss_terms(model):
+    """torch.compile (inductor) of loss_terms for one model: one graph per batch shape (dynamic=False: the
+    last, shorter batch of an epoch gets its own), compiled on first use and kept in inductor's cache."""
+    compiled = torch.compile(loss_terms, dynamic=False)
+    return lambda batch, eps, kl_weight: compiled(model, batch, eps, kl_weight)
+
+
+def train_step(model, optimizer, batch, kl_weight, max_norm, noise=None, compiled=None):
     """One Adam step on a batch. Returns the loss, per-image reconstruction and KL terms and the gradient
-    norm, all left on the device (no host sync). Non-finite values are for the caller to detect."""
-    recon, kl = model(batch, noise)
-    loss = (recon + kl_weight * kl).mean()
+    norm, all left on the device (no host sync). Non-finite values are for the caller to detect.
+    `compiled`: compiled_loss_terms(model), used instead of the eager forward (same random draws)."""
+    if compiled is None:
+        recon, kl = model(batch, noise)
+        loss = (recon + kl_weight * kl).mean()
+    else:
+        loss, recon, kl = compiled(batch, model.training_noise(batch, noise), kl_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if math.isinf(max_norm):
+        # no clipping: the norm alone (clip_grad_norm_ would also multiply every gradient by 1)
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     optimizer.step()
     return loss.detach(), recon.detach(), kl.detach(), grad_norm
 
@@ -117,9 +160,10 @@ class Run:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.data_folder, self.train_data, self.val = data.load_training(cfg.data, cfg.seed, self.device)
-        self.model = build_model(cfg).to(self.device)
+        self.model = build_model(cfg, data_mean=self.train_data.mean_pixel).to(self.device)
         self.noise = Noise(cfg.seed, self.device)
-        self.optimizer = make_optimizer(self.model, learning_rate(cfg.train, 0))
+        self.optimizer = make_optimizer(self.model, learning_rate(cfg.train, 0), cfg.train.adam_eps, cfg.train.adam_beta1)
+        self.compiled = compiled_loss_terms(self.model) if cfg.train.compile else None
         self.metrics = []  # one dict per finished epoch
         self.best = {"val_elbo": -math.inf, "epoch": -1}
         self.best_weights = None
@@ -189,22 +233,26 @@ class Run:
         steps = self.train_data.steps_per_epoch(cfg.batch_size)
         mid_epoch = self.mid_epoch or {"sums": torch.zeros(2), "images": 0, "seconds": 0.0, "generator": None}
         sums = mid_epoch["sums"].to(self.device)  # summed recon and kl, kept on the device: no sync per step
-        first_bad_step = torch.tensor(-1, device=self.device)
+        # the first non-finite step, or NO_BAD_STEP: a running minimum on the device, read at log points
+        first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.long, device=self.device)
         images, seconds_before = mid_epoch["images"], mid_epoch["seconds"]
         progress.reset(task, total=steps, completed=self.step,
                        description=f"epoch {self.epoch + 1}/{cfg.epochs}")
         max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        kl_weight, log_every = float(cfg.kl_weight), cfg.log_every
         model.train()
         started = time.perf_counter()
         batches = self.train_data.epoch_batches(self.epoch, cfg.batch_size, self.step, mid_epoch["generator"])
         for step, batch, generator in batches:
-            loss, recon, kl, grad_norm = train_step(model, self.optimizer, batch, cfg.kl_weight, max_norm, self.noise)
-            finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
-            first_bad_step = torch.where((first_bad_step < 0) & ~finite, step, first_bad_step)
+            loss, recon, kl, grad_norm = train_step(model, self.optimizer, batch, kl_weight, max_norm, self.noise,
+                                                    self.compiled)
+            # loss + norm is finite iff both are; a finite step keeps NO_BAD_STEP in the minimum
+            torch.minimum(first_bad_step, torch.where(torch.isfinite(loss + grad_norm), NO_BAD_STEP, step),
+                          out=first_bad_step)
             sums += torch.stack((recon.sum(), kl.sum()))
             images += batch.shape[0]
             self.step = step + 1
-            if self.step % cfg.log_every == 0 or self.step == steps:
+            if self.step % log_every == 0 or self.step == steps:
                 self.check_finite(first_bad_step)
                 running = -(sums[0] + sums[1]).item() / images
                 progress.update(task, completed=self.step, elbo=f"{running:.2f}")
@@ -229,7 +277,7 @@ class Run:
 
     def check_finite(self, first_bad_step):
         bad = int(first_bad_step.item())
-        if bad >= 0:
+        if bad != NO_BAD_STEP:
             raise Diverged(f"non-finite loss or gradient at epoch {self.epoch + 1} step {bad + 1}; "
                            f"last good checkpoint: {self.last_good()}")
 
@@ -291,6 +339,11 @@ class Run:
         }
 
 
+def progress_columns():
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ELBO {task.fields[elbo]}"),
+            TimeRemainingColumn())
+
+
 def train(cfg, folder: Path, console: Console):
     """Train (or continue) the run in `folder` and evaluate it; returns its summary."""
     existing = read_summary(folder)
@@ -303,10 +356,8 @@ def train(cfg, folder: Path, console: Console):
     memory.check_fits(cfg, pick_device(cfg.device))
     run = Run(cfg, folder)
     export.write_csv(folder / export.PARAMS_FILE, [export.params_row(cfg, run.model)])
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ELBO {task.fields[elbo]}"),
-               TimeRemainingColumn())
     with SignalGuard() as guard:
-        with Progress(*columns, console=console) as progress:
+        with Progress(*progress_columns(), console=console) as progress:
             run.fit(guard, progress)
         guard.immediate = True
         guard.check()  # a signal that came during the last validation pass

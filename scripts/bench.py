@@ -22,7 +22,6 @@ or with more --repeats). The load average is printed before and after.
 
 import argparse
 import gzip
-import io
 import itertools
 import json
 import math

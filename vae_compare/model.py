@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vae_compare.posteriors import FAMILIES, standard_normal
+from vae_compare.posteriors import FAMILIES, draw_noise
 
 IMAGE_SIZE = 28 * 28
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -105,19 +105,13 @@ class VAE(nn.Module):
 
     def forward(self, x, noise=None):
         """Per-image reconstruction term -log p(x|z) (one sample) and KL(q(z|x) || N(0, I)), in nats."""
-        q = self.posterior(x)
-        z = q.rsample_z(1, noise)[0]
-        return -self.log_likelihood(x, z), q.kl_to_standard_normal()
+        return self.forward_from_noise(x, self.training_noise(x, noise))
 
     def training_noise(self, x, noise=None):
-        """The noise forward(x, noise) would draw, drawn ahead (shape (1, B, d + extra)): the same generators,
-        the same order, so forward_from_noise(x, training_noise(x, noise)) is forward(x, noise) with its
-        random draws taken outside (torch.compile cannot trace a draw from a torch.Generator)."""
-        shape = (1, x.shape[0])
-        eps = standard_normal(shape + (self.latent_dim,), x, noise and noise.latent)
-        if self.extra_noise_dim == 0:
-            return eps
-        return torch.cat((eps, standard_normal(shape + (self.extra_noise_dim,), x, noise and noise.extra)), -1)
+        """The noise of one training step (shape (1, B, d + extra)), drawn as the family's rsample draws it (the
+        same generators, the same order), outside the forward pass: torch.compile cannot trace a draw from a
+        torch.Generator, so train.compile compiles forward_from_noise only."""
+        return draw_noise((1, x.shape[0]), self.latent_dim, self.extra_noise_dim, x, noise)
 
     def forward_from_noise(self, x, eps):
         """forward() with its noise given (see training_noise)."""

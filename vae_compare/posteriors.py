@@ -50,6 +50,15 @@ def standard_normal(shape, like, generator):
     return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
 
 
+def draw_noise(batch_shape, latent_dim, extra_dim, like, noise=None):
+    """eps of shape batch_shape + (d + extra,): the first d dimensions from noise.latent, the extra ones from
+    noise.extra (torch's global RNG without a Noise)."""
+    eps = standard_normal(batch_shape + (latent_dim,), like, noise and noise.latent)
+    if extra_dim == 0:
+        return eps
+    return torch.cat((eps, standard_normal(batch_shape + (extra_dim,), like, noise and noise.extra)), -1)
+
+
 def cholesky_or_nan(matrix):
     """Cholesky factor of a batch of matrices; NaN for a matrix that is not positive definite.
 
@@ -166,12 +175,8 @@ class DiagGaussian:
 
     def noise(self, num_samples, noise=None):
         """eps of shape (S, B, d + extra): the first d dimensions and the extra ones from separate generators."""
-        batch_shape = (num_samples,) + self.mean.shape[:-1]
-        eps = standard_normal(batch_shape + (self.latent_dim,), self.mean, noise and noise.latent)
-        if self.extra_noise_dim() == 0:
-            return eps
-        extra = standard_normal(batch_shape + (self.extra_noise_dim(),), self.mean, noise and noise.extra)
-        return torch.cat((eps, extra), -1)
+        return draw_noise((num_samples,) + self.mean.shape[:-1], self.latent_dim, self.extra_noise_dim(), self.mean,
+                          noise)
 
     def rsample_z(self, num_samples, noise=None):
         """Reparameterised z of shape (S, B, d), without log q (training needs only z)."""

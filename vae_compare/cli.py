@@ -2,6 +2,7 @@
 
     vae-compare train [hydra overrides]          train one run, or a sweep with -m
     vae-compare evaluate RUN_FOLDER [overrides]  re-evaluate a finished run (e.g. eval.iwae_samples=5000)
+    vae-compare gaps FOLDER [gaps.<key>=...]     approximation and amortization gaps of finished runs
     vae-compare report FOLDER                    summarize every run below FOLDER
 
 Hydra owns sys.argv, so the subcommand word is removed before Hydra sees the arguments; Hydra's own flags
@@ -11,6 +12,7 @@ line, not a traceback.
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -303,13 +305,33 @@ def evaluate_command(args):
     evaluate_run(options.folder, options.overrides, get_console())
 
 
+def gaps_command(args):
+    from vae_compare.config import GapsConfig
+    from vae_compare.gaps import RUN_KEYS, gaps_main
+
+    parser = argparse.ArgumentParser(prog="vae-compare gaps", exit_on_error=False,
+                                     description="Approximation and amortization gaps (Cremer et al. 2018) of every "
+                                                 "finished run at or below FOLDER, decoder frozen; writes gaps.csv "
+                                                 "and gaps.json into each run. Runs measured with the same settings "
+                                                 "are skipped.")
+    parser.add_argument("folder", type=Path, metavar="FOLDER", help="a run, sweep or outputs folder")
+    keys = ", ".join(f"gaps.{item.name}" for item in dataclasses.fields(GapsConfig))
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help=f"any of: {keys}, {', '.join(RUN_KEYS)} (e.g. gaps.images=200 'gaps.families=[diag,cholesky]')")
+    try:
+        options = parser.parse_args(args)
+    except argparse.ArgumentError as error:
+        fail(f"{error}; {parser.format_usage().strip()}")
+    gaps_main(options.folder, options.overrides, get_console())
+
+
 def report_command(args):
     from vae_compare.report import main as report_main
 
     report_main(args)
 
 
-COMMANDS = {"train": train_command, "evaluate": evaluate_command, "report": report_command}
+COMMANDS = {"train": train_command, "evaluate": evaluate_command, "gaps": gaps_command, "report": report_command}
 
 
 def main(argv=None):

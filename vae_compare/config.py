@@ -9,6 +9,7 @@ A key's role says what it changes:
     result   the trained model (TensorBoard hparams, the resume check, sweep-folder names, report settings)
     eval     only the final evaluation: may differ when a run is resumed or re-evaluated
     runtime  nothing in the results (paths, devices, threads, logging intervals): left out of all of the above
+    gaps     `vae-compare gaps` (GapsConfig): read by that command only, given on its command line as gaps.<key>=...
 """
 
 import dataclasses
@@ -25,7 +26,7 @@ from vae_compare.data import DATASETS
 from vae_compare.model import ACTIVATIONS
 from vae_compare.posteriors import FAMILIES
 
-RESULT, EVAL, RUNTIME = "result", "eval", "runtime"
+RESULT, EVAL, RUNTIME, GAPS = "result", "eval", "runtime", "gaps"
 
 
 class Choice(str, enum.Enum):
@@ -142,6 +143,37 @@ class Config:
 ConfigStore.instance().store(name="schema", node=Config)
 
 
+@dataclass
+class GapsConfig:
+    """`vae-compare gaps RUN_FOLDER gaps.<key>=...`: the inference gaps of a trained run (vae_compare/gaps.py).
+    Not part of a run's training config: the run's own config comes from its folder. The defaults were
+    measured on the default model (README "Inference gaps")."""
+
+    # the first this-many test images (a fixed subset: the same images for every run)
+    images: int = key(1000, GAPS, minimum=1)
+    # families whose best member q* is fitted per image on the run's frozen decoder; the run's own family is
+    # always added (its q* gives Cremer et al.'s amortization gap)
+    families: List[FamilyName] = key(role=GAPS, factory=lambda: ["diag", "cholesky", "lowrank"])
+    # rank of a low-rank q* when the run's own family has none (else the run's rank)
+    rank: int = key(4, GAPS, minimum=1)
+    # reparameterised samples per optimisation step
+    samples: int = key(8, GAPS, minimum=1)
+    # most Adam steps per image (the stopping rule usually ends earlier; gaps.csv reports the steps taken)
+    steps: int = key(1000, GAPS, minimum=1)
+    lr: float = key(0.02, GAPS, above=0)
+    # stopping rule: every `window` steps the window's mean ELBO is compared with the previous window's; a rise
+    # below `tolerance` nats per image divides lr by 10, up to lr_drops times; the plateau after that stops
+    window: int = key(50, GAPS, minimum=1)
+    tolerance: float = key(0.02, GAPS)
+    lr_drops: int = key(2, GAPS, minimum=0)
+    # images optimised together (bounds memory; the stopping rule is per chunk)
+    chunk_images: int = key(250, GAPS, minimum=1)
+    # per image: samples for the final ELBO of q(z|x) and of each q*, importance samples for log p(x)
+    elbo_samples: int = key(500, GAPS, minimum=2)
+    iwae_samples: int = key(5000, GAPS, minimum=1)
+    seed: int = key(0, GAPS, minimum=0)
+
+
 # ---- roles, derived from the schema ---------------------------------------------------------------
 def schema_fields(schema=Config, prefix=""):
     """(dotted key, field) of every leaf key of the schema."""
@@ -190,9 +222,9 @@ def _require(condition, message):
         raise UserError(message)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise UserError naming the first value out of its range (types and choices are Hydra's checks)."""
-    for dotted, item in schema_fields():
+def check_ranges(cfg, schema=Config, prefix=""):
+    """Raise UserError naming the first value of `cfg` (the schema's keys below prefix) out of its range."""
+    for dotted, item in schema_fields(schema, prefix):
         value = OmegaConf.select(cfg, dotted)
         minimum, above, below = item.metadata["minimum"], item.metadata["above"], item.metadata["below"]
         if value is None or (minimum is None and above is None and below is None):
@@ -204,6 +236,11 @@ def validate(cfg: DictConfig) -> None:
             _require(value > above, f"{dotted} must be {kind} > {above}, got {value!r}")
         if below is not None:
             _require(value < below, f"{dotted} must be {kind} < {below}, got {value!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise UserError naming the first value out of its range (types and choices are Hydra's checks)."""
+    check_ranges(cfg)
     family = FAMILIES[cfg.family.name]
     rank_error = family.rank_error(cfg.latent_dim, cfg.family.rank)
     _require(rank_error is None, rank_error)

@@ -2,7 +2,7 @@
 
 Writes summary.csv (one row per run), report.md (groups, paired gains over diag, parameter counts,
 a verdict computed from the numbers, plots), the PNG plots of plots.PLOTS and one posterior picture per
-dataset x latent_dim, and prints the group table (its main columns, for a 100-column terminal).
+dataset x latent_dim, the inference gaps of runs that have them (gaps.csv, report/gaps.py), and prints the group table (its main columns, for a 100-column terminal).
 
 A group is dataset x latent_dim x settings x variant. The variant is the posterior family (with its
 rank for low-rank families, its own settings when they vary, and the family it was widened to match for
@@ -19,7 +19,8 @@ from rich import get_console
 
 from vae_compare import UserError, export
 from vae_compare.report.collect import config_keys, family_order, find_runs, label_runs, varying
-from vae_compare.report.plots import posterior_markdown, write_plots
+from vae_compare.report.gaps import gap_groups, gaps_markdown, write_gaps_plot
+from vae_compare.report.plots import plot_colours, posterior_markdown, write_plots
 from vae_compare.report.render import console_table, markdown_table, report_markdown, summary_rows, verdict
 from vae_compare.report.select import select_settings, selection_table
 from vae_compare.report.stats import make_groups
@@ -63,12 +64,18 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
     posterior_plots = write_plots(runs, groups, out)
     markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys, verdict_text)
     markdown += posterior_markdown(posterior_plots)
+    gap_rows = gap_groups(runs)
+    if gap_rows:
+        export.write_csv(out / "gaps.csv", gap_rows)
+        write_gaps_plot(gap_rows, plot_colours(groups), out)
+        markdown += gaps_markdown(gap_rows)
     export.atomic_write(out / "report.md", markdown.encode())
 
     console.print(console_table(groups, title=f"{len(runs)} finished runs below {folder}"))
     console.print(verdict_text)
     console.print(f"report: {out / 'report.md'}")
-    return {"runs": len(runs), "unfinished": unfinished, "groups": groups, "verdict": verdict_text, "out": str(out)}
+    return {"runs": len(runs), "unfinished": unfinished, "groups": groups, "verdict": verdict_text, "out": str(out),
+            "gaps": gap_rows}
 
 
 def main(args: list[str]) -> None:

@@ -202,10 +202,15 @@ PLOTS = [
 ]
 
 
+def plot_colours(groups):
+    """One colour per series (variant and settings), the same in every plot."""
+    return {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(series(row) for row in groups))}
+
+
 def write_plots(runs, groups, out):
     """Draw PLOTS and the posterior pictures into out; returns the posterior entries (report.md links
     PLOTS itself, and these with posterior_markdown)."""
-    colours = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(series(row) for row in groups))}
+    colours = plot_colours(groups)
     posterior = posterior_plots(runs)
     for name, _, draw in PLOTS + posterior:
         draw(runs, groups, colours, out / name)

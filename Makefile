@@ -6,7 +6,7 @@ VENV := .venv
 SHARED_DATA := $(abspath ../shared/data)
 export VAE_COMPARE_DATA ?= $(if $(wildcard $(SHARED_DATA)/mnist),$(SHARED_DATA))
 
-.PHONY: install train test test-fast bench
+.PHONY: install train test test-fast bench tune
 
 $(VENV)/installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,7 @@ test-fast: install
 
 bench: install
 	$(VENV)/bin/python scripts/bench.py $(ARGS)
+
+# The fair comparison's tuning grid on validation data (scripts/tune.sh; README "Tuning on validation data").
+tune: install
+	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/tune.sh $(ARGS)

@@ -121,5 +121,5 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, reference_runs, content):
 def test_resume_refuses_other_settings(tmp_path, reference_runs):
     result = run_cli(["train", f"resume={reference_runs['cholesky']}", "family.offdiag_scale=0.5"], cwd=tmp_path)
     assert result.returncode == 2
-    assert "was trained with family.offdiag_scale=0.01, this run has 0.5" in result.stderr
+    assert "was trained with family.offdiag_scale=0.001, this run has 0.5" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -272,6 +272,8 @@ def test_select_picks_each_familys_setting_by_validation_elbo_only(tmp_path):
     result = build_report(tmp_path, console=Console(file=io.StringIO(), width=200), select=True)
     chosen = {row["family"]: row for row in result["selected"]}
     assert "train.lr=0.003" in chosen["diag"]["overrides"] and chosen["diag"]["val_elbo"] == pytest.approx(-100 - 10 / 3)
+    # overrides a user can paste: the family's config group, not only its name
+    assert chosen["diag"]["overrides"].startswith("family=diag ") and "family.name" not in chosen["diag"]["overrides"]
     assert "train.lr=0.001" in chosen["cholesky"]["overrides"] and chosen["cholesky"]["candidates"] == 2
     assert (tmp_path / "selected.csv").exists() and "test set was not used" in (tmp_path / "selection.md").read_text()
 

@@ -27,7 +27,9 @@ def select_settings(runs, split_keys):
             "dataset": dataset, "latent_dim": latent_dim, "family": family, "selected": name,
             "seeds": len(members), "val_elbo": best_val, "candidates": len(scored),
             "runner_up": scored[1][1] if len(scored) > 1 else "", "runner_up_val_elbo": scored[1][0] if len(scored) > 1 else None,
-            "overrides": " ".join(f"{key}={config[key]}" for key in ["family.name", *keys] if config.get(key) is not None),
+            # family=<name> selects the family's config group (its defaults), then its own keys as tuned
+            "overrides": " ".join([f"family={family}"] + [f"{key}={config[key]}" for key in keys
+                                                          if config.get(key) is not None]),
         })
     return rows
 

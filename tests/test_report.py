@@ -278,6 +278,21 @@ def test_select_picks_each_familys_setting_by_validation_elbo_only(tmp_path):
     assert (tmp_path / "selected.csv").exists() and "test set was not used" in (tmp_path / "selection.md").read_text()
 
 
+def test_tuned_compares_each_family_at_its_own_setting(tmp_path):
+    """Families at different learning rates: plain, they fall into separate cells (no diag to compare with);
+    --tuned names the setting in the variant and compares every family with diag."""
+    for seed in (0, 1, 2):
+        make_run(tmp_path / f"diag_s{seed}", "diag", 8, seed, -100.0 - seed, lr=3e-3)
+        make_run(tmp_path / f"chol_s{seed}", "cholesky", 8, seed, -99.0 - seed, lr=1e-3)
+    console = Console(file=io.StringIO(), width=200)
+    plain = {row["variant"]: row for row in build_report(tmp_path, console=console)["groups"]}
+    assert plain["cholesky"]["baseline"] is None
+    tuned = {row["variant"]: row for row in build_report(tmp_path, console=console, tuned=True)["groups"]}
+    assert set(tuned) == {"diag [train.lr=0.003]", "cholesky [train.lr=0.001]"}
+    assert tuned["cholesky [train.lr=0.001]"]["gain"] == pytest.approx(1.0)
+    assert "Tuned comparison" in (tmp_path / "report.md").read_text()
+
+
 # ---- the figures, read back from what the report saved --------------------------------------------
 @pytest.fixture
 def saved_figures(monkeypatch):

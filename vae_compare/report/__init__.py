@@ -26,9 +26,10 @@ from vae_compare.report.select import select_settings, selection_table
 from vae_compare.report.stats import make_groups
 
 
-def build_report(folder: Path, out: Path | None = None, console=None, select=False) -> dict:
+def build_report(folder: Path, out: Path | None = None, console=None, select=False, tuned=False) -> dict:
     """Summarize every finished run below folder into out (default: folder); returns the numbers. With
-    select, only choose each family's setting by validation ELBO (selected.csv, selection.md)."""
+    select, only choose each family's setting by validation ELBO (selected.csv, selection.md). With tuned,
+    compare each family at its own setting (label_runs)."""
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file, not a folder; give the run or sweep folder that holds it")
@@ -40,7 +41,7 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
                         + (f"; {unfinished} unfinished" if unfinished else ""))
     out = folder if out is None else Path(out).expanduser()
     export.check_writable(out)
-    setting_keys, family_keys = label_runs(runs)
+    setting_keys, family_keys = label_runs(runs, tuned)
     runs.sort(key=lambda run: (run["dataset"], run["latent_dim"], run["setting"],
                                family_order(run["family"]), run["variant"], run["seed"], run["path"]))
     varying_keys = varying([run["config"] for run in runs], config_keys(runs))
@@ -62,7 +63,7 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
     groups = make_groups(runs)
     verdict_text = verdict(groups)
     posterior_plots = write_plots(runs, groups, out)
-    markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys, verdict_text)
+    markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys, verdict_text, tuned)
     markdown += posterior_markdown(posterior_plots)
     gap_rows = gap_groups(runs)
     if gap_rows:
@@ -85,5 +86,8 @@ def main(args: list[str]) -> None:
     parser.add_argument("--out", type=Path, metavar="DIR", help="where to write the report (default: FOLDER)")
     parser.add_argument("--select", action="store_true",
                         help="tuning: pick each family's setting by mean validation ELBO (selected.csv, selection.md)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="each family ran at its own selected setting: settings that vary label the variants "
+                             "instead of splitting the comparison")
     options = parser.parse_args(args)
-    build_report(options.folder, options.out, select=options.select)
+    build_report(options.folder, options.out, select=options.select, tuned=options.tuned)

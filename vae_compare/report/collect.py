@@ -53,8 +53,11 @@ def show(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def label_runs(runs):
-    """Give every run its variant and settings labels; returns the config keys that split groups."""
+def label_runs(runs, tuned=False):
+    """Give every run its variant and settings labels; returns the config keys that split groups.
+
+    tuned: each family was run at its own tuned setting (report --tuned): the settings that vary become part
+    of each variant's label instead of splitting groups, so every family is compared with diag as tuned."""
     all_keys = config_keys(runs)
     # config values that do not change results never split groups (but still go into summary.csv)
     candidates = [k for k in all_keys if k in RESULT_KEYS and k not in GROUP_KEYS and not k.startswith("family.")]
@@ -69,6 +72,8 @@ def label_runs(runs):
         config = run["config"]
         run["variant"] = variant_label(config, family_keys[run["family"]])
         run["setting"] = ", ".join(f"{k}={show(config.get(k))}" for k in setting_keys)
+        if tuned and run["setting"]:
+            run["variant"], run["setting"] = f"{run['variant']} [{run['setting']}]", ""
     return setting_keys, sorted({k for keys in family_keys.values() for k in keys})
 
 

@@ -190,14 +190,18 @@ def console_table(groups, title):
     return rich_table(header, rows, title, caption=Text(CONSOLE_CAPTION))  # Text: "[interval]" is no markup
 
 
-def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text):
+def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text, tuned=False):
     iwae = sorted({str(run["summary"].get("test", {}).get("iwae_samples")) for run in runs})
     lines = [
         "# vae-compare report",
         "",
         f"{len(runs)} finished runs below `{folder}`; {unfinished} unfinished runs ignored.",
     ]
-    if split_keys:
+    if split_keys and tuned:
+        lines.append(f"Tuned comparison: each family ran at its own selected setting; the settings that vary "
+                     f"({', '.join(split_keys)}) are part of each variant's name, and every variant is compared "
+                     "with diag at diag's own setting.")
+    elif split_keys:
         lines.append(f"Settings that vary across runs and split the groups: {', '.join(split_keys)}.")
     grey = sum(run["config"].get("data.binarize") == "none" for run in runs)
     if grey:

@@ -291,6 +291,8 @@ def test_tuned_compares_each_family_at_its_own_setting(tmp_path):
     assert set(tuned) == {"diag [train.lr=0.003]", "cholesky [train.lr=0.001]"}
     assert tuned["cholesky [train.lr=0.001]"]["gain"] == pytest.approx(1.0)
     assert "Tuned comparison" in (tmp_path / "report.md").read_text()
+    # the verdict printed to the terminal keeps the "[...]" of the names (it is not rich markup)
+    assert "cholesky [train.lr=0.001] beats diag" in console.file.getvalue().replace("\n", " ")
 
 
 # ---- the figures, read back from what the report saved --------------------------------------------

@@ -73,7 +73,7 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
     export.atomic_write(out / "report.md", markdown.encode())
 
     console.print(console_table(groups, title=f"{len(runs)} finished runs below {folder}"))
-    console.print(verdict_text)
+    console.print(verdict_text, markup=False)  # variant names hold "[...]", which is not markup
     console.print(f"report: {out / 'report.md'}")
     return {"runs": len(runs), "unfinished": unfinished, "groups": groups, "verdict": verdict_text, "out": str(out),
             "gaps": gap_rows}

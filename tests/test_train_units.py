@@ -96,7 +96,12 @@ def tiny_run(tmp_path, *overrides):
 
 
 class NoGuard:
+    """SignalGuard's part that Run reads: no signal has come."""
+
     received = None
+
+    def check(self):
+        pass
 
 
 def test_a_non_finite_step_between_log_points_stops_the_epoch_before_anything_is_written(tmp_path, real_data):
@@ -131,6 +136,27 @@ def test_divergence_stops_fit_with_nothing_written(tmp_path, real_data):
     with pytest.raises(Diverged, match="non-finite"):
         run.fit(NoGuard(), Progress(disable=True))
     assert not (tmp_path / CHECKPOINT).exists() and not (tmp_path / METRICS_FILE).exists()
+
+
+def test_patience_stops_training_after_epochs_without_a_better_validation_elbo(tmp_path, real_data):
+    """train.patience=2: validation ELBO that stops improving after epoch 2 ends training after epoch 4, and
+    the summary says so; without patience every epoch runs."""
+    from rich.progress import Progress
+
+    from vae_compare import evaluate
+
+    for patience, epochs_trained in ((["train.patience=2"], 4), ([], 6)):
+        run = tiny_run(tmp_path / str(len(patience)), "train.epochs=6", *patience)
+        scores = iter([-100.0, -90.0, -95.0, -92.0, -91.0, -93.0])
+        real = evaluate.elbo_terms
+        evaluate.elbo_terms = lambda model, split: {**real(model, split), "elbo": next(scores)}
+        try:
+            run.fit(NoGuard(), Progress(disable=True))
+        finally:
+            evaluate.elbo_terms = real
+        summary = run.training_summary()
+        assert (summary["epochs_trained"], summary["best_epoch"]) == (epochs_trained, 2)
+        assert summary["stopped_early"] == bool(patience)
 
 
 def test_unclipped_step_reports_the_gradient_norm_without_touching_gradients():

@@ -103,6 +103,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = key(10, minimum=1)
+    # early stopping: stop after this many epochs without a better validation ELBO (epochs is then the cap)
+    patience: Optional[int] = key(None, minimum=1)
     batch_size: int = key(128, minimum=1)
     lr: float = key(1e-3, above=0)
     lr_schedule: LrSchedule = key("constant")

@@ -299,7 +299,7 @@ class Run:
         tensorboard = export.TensorBoard(self.folder)
         task = progress.add_task("training", total=1, elbo="")
         try:
-            while self.epoch < cfg.epochs:
+            while self.epoch < cfg.epochs and not self.patience_ran_out():
                 train_metrics = self.train_epoch(progress, task, guard)
                 epoch = self.epoch  # the epoch just finished, counted from 1
                 self.model.eval()
@@ -328,10 +328,17 @@ class Run:
         finally:
             tensorboard.close()
 
+    def patience_ran_out(self):
+        """Early stopping: train.patience epochs since the best validation ELBO (never with patience null)."""
+        patience = self.cfg.train.patience
+        return patience is not None and self.epoch - self.best["epoch"] >= patience
+
     def training_summary(self):
         """What summary.json records about training, before the test-set numbers are added."""
         seconds = [row["train_seconds"] for row in self.metrics]
         return {
+            "epochs_trained": self.epoch,
+            "stopped_early": self.patience_ran_out(),
             "best_epoch": self.best["epoch"],
             "best_val_elbo": self.best["val_elbo"],
             "seconds_per_epoch": sum(seconds) / len(seconds),

@@ -6,7 +6,7 @@ VENV := .venv
 SHARED_DATA := $(abspath ../shared/data)
 export VAE_COMPARE_DATA ?= $(if $(wildcard $(SHARED_DATA)/mnist),$(SHARED_DATA))
 
-.PHONY: install train test test-fast bench tune
+.PHONY: install train test test-fast bench tune answer
 
 $(VENV)/installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,7 @@ bench: install
 # The fair comparison's tuning grid on validation data (scripts/tune.sh; README "Tuning on validation data").
 tune: install
 	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/tune.sh $(ARGS)
+
+# The published answer (scripts/answer.sh; README "The answer"): about 90 minutes on a 2-core CPU.
+answer: install
+	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/answer.sh $(ARGS)

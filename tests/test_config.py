@@ -46,3 +46,15 @@ def test_choices_compare_as_strings_and_save_as_strings():
     cfg = compose(["family=cholesky"])
     assert cfg.family.name == "cholesky" and f"{cfg.family.name}" == "cholesky"
     assert OmegaConf.to_yaml(plain(cfg)).count("cholesky") == 1
+
+
+def test_long_sweep_folder_names_are_shortened_and_stay_distinct():
+    from vae_compare.config import DIRNAME_LIMIT, short_dirname
+
+    short = "family=diag,latent_dim=2,seed=0"
+    assert short_dirname(short) == short
+    long_a = ",".join(f"data.key{i}=value{i}" for i in range(30))
+    long_b = long_a.replace("value29", "value28")
+    assert len(short_dirname(long_a)) == DIRNAME_LIMIT and short_dirname(long_a) == short_dirname(long_a)
+    assert short_dirname(long_a) != short_dirname(long_b)
+    assert short_dirname(long_a).startswith(long_a[:100])

@@ -14,6 +14,7 @@ A key's role says what it changes:
 
 import dataclasses
 import enum
+import hashlib
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -174,6 +175,25 @@ class GapsConfig:
     elbo_samples: int = key(500, GAPS, minimum=2)
     iwae_samples: int = key(5000, GAPS, minimum=1)
     seed: int = key(0, GAPS, minimum=0)
+
+
+# ---- sweep-job folder names ----------------------------------------------------------------------------------
+# A file name may have at most 255 bytes on the common file systems.
+DIRNAME_LIMIT = 200
+
+
+def short_dirname(name: str) -> str:
+    """A sweep job's folder name (its overrides, Hydra's override_dirname), kept within DIRNAME_LIMIT characters:
+    a longer one keeps its beginning and ends with a hash of the whole, so a rerun of the sweep finds the same
+    folder and two long names never share one."""
+    if len(name) <= DIRNAME_LIMIT:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    return f"{name[:DIRNAME_LIMIT - 13]}-{digest}"
+
+
+# conf/config.yaml names sweep-job folders with it; registered on import, in Hydra's launcher workers too
+OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
 
 
 # ---- roles, derived from the schema ---------------------------------------------------------------

@@ -289,40 +289,40 @@ def train_command(args):
         fail(f"{len(sweep.FAILED_JOBS)} job(s) failed: " + "; ".join(sweep.FAILED_JOBS), EXIT_FAILED_JOBS)
 
 
-def evaluate_command(args):
-    from vae_compare.config import EVALUATE_KEYS
-    from vae_compare.finish import evaluate_run
-
-    parser = argparse.ArgumentParser(prog="vae-compare evaluate", exit_on_error=False,
-                                     description="Re-evaluate a finished run's best weights without retraining.")
-    parser.add_argument("folder", type=Path, metavar="RUN_FOLDER")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help=f"any of: {', '.join(sorted(EVALUATE_KEYS))} (e.g. eval.iwae_samples=5000)")
+def folder_and_overrides(args, prog, description, folder_metavar, folder_help, overrides_help):
+    """(folder, KEY=VALUE overrides) of a command that works on run folders; a parse error is one line."""
+    parser = argparse.ArgumentParser(prog=prog, exit_on_error=False, description=description)
+    parser.add_argument("folder", type=Path, metavar=folder_metavar, help=folder_help)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
     try:
         options = parser.parse_args(args)
     except argparse.ArgumentError as error:
         fail(f"{error}; {parser.format_usage().strip()}")
-    evaluate_run(options.folder, options.overrides, get_console())
+    return options.folder, options.overrides
+
+
+def evaluate_command(args):
+    from vae_compare.config import EVALUATE_KEYS
+    from vae_compare.finish import evaluate_run
+
+    folder, overrides = folder_and_overrides(
+        args, "vae-compare evaluate", "Re-evaluate a finished run's best weights without retraining.", "RUN_FOLDER",
+        None, f"any of: {', '.join(sorted(EVALUATE_KEYS))} (e.g. eval.iwae_samples=5000)")
+    evaluate_run(folder, overrides, get_console())
 
 
 def gaps_command(args):
     from vae_compare.config import GapsConfig
     from vae_compare.gaps import RUN_KEYS, gaps_main
 
-    parser = argparse.ArgumentParser(prog="vae-compare gaps", exit_on_error=False,
-                                     description="Approximation and amortization gaps (Cremer et al. 2018) of every "
-                                                 "finished run at or below FOLDER, decoder frozen; writes gaps.csv "
-                                                 "and gaps.json into each run. Runs measured with the same settings "
-                                                 "are skipped.")
-    parser.add_argument("folder", type=Path, metavar="FOLDER", help="a run, sweep or outputs folder")
     keys = ", ".join(f"gaps.{item.name}" for item in dataclasses.fields(GapsConfig))
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help=f"any of: {keys}, {', '.join(RUN_KEYS)} (e.g. gaps.images=200 'gaps.families=[diag,cholesky]')")
-    try:
-        options = parser.parse_args(args)
-    except argparse.ArgumentError as error:
-        fail(f"{error}; {parser.format_usage().strip()}")
-    gaps_main(options.folder, options.overrides, get_console())
+    folder, overrides = folder_and_overrides(
+        args, "vae-compare gaps",
+        "Approximation and amortization gaps (Cremer et al. 2018) of every finished run at or below FOLDER, decoder "
+        "frozen; writes gaps.csv and gaps.json into each run. Runs measured with the same settings are skipped.",
+        "FOLDER", "a run, sweep or outputs folder",
+        f"any of: {keys}, {', '.join(RUN_KEYS)} (e.g. gaps.images=200 'gaps.families=[diag,cholesky]')")
+    gaps_main(folder, overrides, get_console())
 
 
 def report_command(args):

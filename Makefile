@@ -32,6 +32,7 @@ bench: install
 tune: install
 	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/tune.sh $(ARGS)
 
-# The published answer (scripts/answer.sh; README "The answer"): about 90 minutes on a 2-core CPU.
+# The published answer (scripts/answer.sh; README "The answer"): 76 minutes on a 2-core CPU (measured);
+# ANSWER_SCALE=full make answer is the GPU scale (untested).
 answer: install
 	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/answer.sh $(ARGS)

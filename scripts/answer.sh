@@ -36,17 +36,15 @@ RANK1SUM=(family=rank1sum family.offdiag_scale=0.1 train.lr=1e-3)
 status=0
 run() { "$VAE_COMPARE" train -m "$@" "${COMMON[@]}" || status=1; }
 run "latent_dim=$DIMS" "${DIAG[@]}"
-# at latent_dim 2 cholesky's head has one output more than diag's (129 parameters, less than one hidden unit),
-# so the widened encoder is diag's own and the run would repeat diag: equal-budget runs from latent_dim 4 up
-dims_from() { tr , '\n' <<< "$DIMS" | awk -v low="$1" '$1 >= low' | paste -sd, -; }
-MATCHED_DIMS=$(dims_from 4)
-[ -n "$MATCHED_DIMS" ] && run "latent_dim=$MATCHED_DIMS" "${DIAG[@]}" model.match_params=cholesky
+# Two runs start at latent_dim 4. The equal-budget diag: at latent_dim 2 cholesky's head has one output more than
+# diag's (129 parameters, less than one hidden unit), so the widened encoder is diag's own and the run would repeat
+# diag. lowrank with k = 4 needs latent_dim >= 4 (at latent_dim 2, cholesky is the full covariance with 5 outputs).
+DIMS_FROM_4=$(tr , '\n' <<< "$DIMS" | awk '$1 >= 4' | paste -sd, -)
+[ -n "$DIMS_FROM_4" ] && run "latent_dim=$DIMS_FROM_4" "${DIAG[@]}" model.match_params=cholesky
 run "latent_dim=$DIMS" "${CHOLESKY[@]}"
 run "latent_dim=$DIMS" "${CORR[@]}"
 run "latent_dim=$DIMS" "${RANK1SUM[@]}"
-# lowrank with k = 4 needs latent_dim >= 4 (at latent_dim 2, cholesky is the full covariance with 5 outputs)
-LOWRANK_DIMS=$(dims_from 4)
-[ -n "$LOWRANK_DIMS" ] && run "latent_dim=$LOWRANK_DIMS" "${LOWRANK[@]}"
+[ -n "$DIMS_FROM_4" ] && run "latent_dim=$DIMS_FROM_4" "${LOWRANK[@]}"
 
 # the gaps of every seed-0 run, on the same first GAPS_IMAGES test images
 for config in $(grep -l "^seed: 0$" "$ANSWER_DIR"/*/.hydra/config.yaml); do

@@ -34,6 +34,16 @@ def test_burda_schedule_scales_with_epochs():
     assert sum(r == pytest.approx(1e-4) for r in rates) == pytest.approx(328 * 2187 / 3280, abs=1)
 
 
+def test_plateau_schedule_decays_after_patience_epochs_without_a_better_validation_elbo():
+    cfg = OmegaConf.create({"lr_schedule": "plateau", "lr": 1e-3, "lr_decay": 0.5, "lr_decay_patience": 2})
+    # best at epochs 1, 2, then two flat epochs (decay), one more flat, two more (decay again), then a new best
+    history = [-100, -99, -99.5, -99.2, -99.1, -99.3, -99.4, -98]
+    rates = [learning_rate(cfg, epoch, history) for epoch in range(len(history) + 1)]
+    assert rates == pytest.approx([1e-3] * 4 + [5e-4] * 2 + [2.5e-4] * 3)
+    # only the epochs before the one asked about count (the schedule cannot look ahead)
+    assert learning_rate(cfg, 3, history + [0.0]) == pytest.approx(1e-3)
+
+
 @pytest.mark.parametrize("family,rank", [("cholesky", 0), ("lowrank", 3)])
 def test_zero_init_starts_as_the_diagonal_model(family, rank):
     torch.manual_seed(0)

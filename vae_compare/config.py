@@ -52,7 +52,7 @@ FamilyName = choices("FamilyName", FAMILIES)
 ScaleTransform = choices("ScaleTransform", ("exp", "softplus"))
 OffdiagInit = choices("OffdiagInit", ("zero", "random", "default"))
 Activation = choices("Activation", ACTIVATIONS)
-LrSchedule = choices("LrSchedule", ("constant", "burda"))
+LrSchedule = choices("LrSchedule", ("constant", "burda", "plateau"))
 OutputBias = choices("OutputBias", ("default", "data_mean"))
 
 
@@ -109,6 +109,10 @@ class TrainConfig:
     batch_size: int = key(128, minimum=1)
     lr: float = key(1e-3, above=0)
     lr_schedule: LrSchedule = key("constant")
+    # lr_schedule=plateau: multiply the rate by lr_decay after lr_decay_patience epochs without a better
+    # validation ELBO (counted from the best epoch or the last decay, whichever is later)
+    lr_decay: float = key(0.5, above=0, below=1)
+    lr_decay_patience: int = key(5, minimum=1)
     # Adam's epsilon (added to the root of the bias-corrected second moment) and first-moment decay
     adam_eps: float = key(1e-8, above=0)
     adam_beta1: float = key(0.9, minimum=0, below=1)

@@ -96,10 +96,13 @@ def pick_device(name):
     return torch.device(name)
 
 
-def learning_rate(train_cfg, epoch):
-    """Learning rate of an epoch (0-based); the Burda schedule's stages are scaled to train.epochs."""
+def learning_rate(train_cfg, epoch, val_elbos=()):
+    """Learning rate of an epoch (0-based); the Burda schedule's stages are scaled to train.epochs. The plateau
+    schedule replays the validation ELBOs of the epochs before (`val_elbos`), so it needs no state of its own."""
     if train_cfg.lr_schedule == "constant":
         return train_cfg.lr
+    if train_cfg.lr_schedule == "plateau":
+        return plateau_rate(train_cfg, val_elbos[:epoch])
     total = sum(3 ** i for i in range(BURDA_STAGES))
     stage_end = 0
     for stage in range(BURDA_STAGES):
@@ -107,6 +110,15 @@ def learning_rate(train_cfg, epoch):
         if epoch < round(stage_end * train_cfg.epochs / total):
             return burda_rate(train_cfg.lr, stage)
     return burda_rate(train_cfg.lr, BURDA_STAGES - 1)
+
+
+def plateau_rate(train_cfg, val_elbos):
+    rate, best, since = train_cfg.lr, -math.inf, 0
+    for elbo in val_elbos:
+        best, since = (elbo, 0) if elbo > best else (best, since + 1)
+        if since >= train_cfg.lr_decay_patience:
+            rate, since = rate * train_cfg.lr_decay, 0
+    return rate
 
 
 def make_optimizer(model, lr, eps=1e-8, beta1=0.9):
@@ -229,7 +241,7 @@ class Run:
         """Train the rest of the current epoch, then advance to the next; returns the epoch's train metrics."""
         cfg, model = self.cfg.train, self.model
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, self.epoch)
+            group["lr"] = learning_rate(cfg, self.epoch, [row["val_elbo"] for row in self.metrics])
         steps = self.train_data.steps_per_epoch(cfg.batch_size)
         mid_epoch = self.mid_epoch or {"sums": torch.zeros(2), "images": 0, "seconds": 0.0, "generator": None}
         sums = mid_epoch["sums"].to(self.device)  # summed recon and kl, kept on the device: no sync per step

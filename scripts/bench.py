@@ -361,7 +361,7 @@ def posterior_inputs(family, d, device):
 
 def ours_loss(family, mean, scale, offdiag):
     q = FAMILIES[family](mean, scale, offdiag)
-    return q.rsample_z(1).sum() + q.kl_to_standard_normal().sum()
+    return q.rsample(1).sum() + q.kl_to_standard_normal().sum()
 
 
 def lower_triangular(scale, offdiag):

@@ -79,7 +79,7 @@ def exact_elbo(model, pixels, num_samples=4000):
     closed form, so it does not share rsample's log q with the estimator under test."""
     with torch.no_grad():
         q = model.posterior(pixels)
-        z, _ = q.rsample(num_samples)
+        z, _ = q.rsample_and_log_prob(num_samples)
         log_lik = model.log_likelihood(pixels, z).double()
     elbo = log_lik.mean(0) - q.kl_to_standard_normal().double()
     return elbo, log_lik.std(0) / math.sqrt(num_samples)
@@ -136,7 +136,7 @@ class ReplayPosterior:
         self.q, self.noise, self.used = q, noise, 0
         self.mean = q.mean
 
-    def rsample(self, num_samples, noise=None):
+    def rsample_and_log_prob(self, num_samples, noise=None):
         eps = self.noise[self.used:self.used + num_samples]
         assert eps.shape[0] == num_samples, "iwae_log_px asked for more samples than num_samples"
         self.used += num_samples

@@ -206,7 +206,7 @@ def test_rsample_log_q_matches_torch_distributions(family):
     torch.manual_seed(3)
     for case in random_cases(family, seed=2):
         ours, ref = make_case(family, **case)
-        z, log_q = ours.rsample(5)
+        z, log_q = ours.rsample_and_log_prob(5)
         assert z.shape == (5, case["batch"], case["latent_dim"]), case_id(case)
         assert log_q.shape == (5, case["batch"]), case_id(case)
         msg = lambda m: f"{case_id(case)}: {m}"  # noqa: E731
@@ -279,7 +279,7 @@ def test_sample_moments(family):
     if family == "rank1sum":
         del params["scale"]
     ours = build(family, params)
-    z, _ = ours.rsample(num_samples)
+    z, _ = ours.rsample_and_log_prob(num_samples)
     cov = ours.covariance()
     # sanity: the covariance the sample is compared against is the reference one
     torch.testing.assert_close(cov, reference_covariance(family, params))
@@ -328,7 +328,7 @@ def test_gradients_flow_to_every_parameter(family, latent_dim, rank):
     params = random_params(family, batch, latent_dim, rank, scale_range=(0.3, 3.0), offdiag_max=1.0)
     leaves = {name: value.requires_grad_(True) for name, value in params.items() if torch.is_tensor(value)}
     ours = build(family, params)
-    z, log_q = ours.rsample(4)
+    z, log_q = ours.rsample_and_log_prob(4)
     loss = z.sum() + log_q.sum() + ours.kl_to_standard_normal().sum()
     loss.backward()
     for name, tensor in leaves.items():
@@ -426,7 +426,7 @@ def test_every_family_satisfies_the_protocol(family):
         assert isinstance(q, PosteriorFamily), family
         assert q.covariance().shape == (2, d, d)
         assert q.noise(3).shape == (3, 2, d + q.extra_noise_dim())
-        assert q.rsample_z(3).shape == (3, 2, d)
+        assert q.rsample(3).shape == (3, 2, d)
 
 
 def test_rank_errors():
@@ -478,7 +478,7 @@ def test_latent_dim_one(family):
     torch.testing.assert_close(
         ours.kl_to_standard_normal(), kl_divergence(ref, standard_normal(family, batch, 1)), rtol=RTOL, atol=ATOL
     )
-    z, log_q = ours.rsample(6)
+    z, log_q = ours.rsample_and_log_prob(6)
     assert z.shape == (6, batch, 1) and log_q.shape == (6, batch)
     torch.testing.assert_close(log_q, ref.log_prob(z), rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(ours.log_prob(z), ref.log_prob(z), rtol=RTOL, atol=ATOL)
@@ -501,7 +501,7 @@ def test_latent_dim_one_backward(family):
     params = random_params(family, 3, 1, 1, scale_range=(0.3, 3.0))
     leaves = {name: value.requires_grad_(True) for name, value in params.items() if torch.is_tensor(value)}
     ours = build(family, params)
-    z, log_q = ours.rsample(4)
+    z, log_q = ours.rsample_and_log_prob(4)
     (z.sum() + log_q.sum() + ours.kl_to_standard_normal().sum()).backward()
     for name, tensor in leaves.items():
         if tensor.numel() == 0:  # cholesky's and corr's off-diagonal part is empty at d = 1
@@ -572,7 +572,7 @@ def test_lowrank_zero_start_is_stationary_and_random_start_is_not():
     q = zero.posterior(x)
     kl_grad = torch.autograd.grad(q.kl_to_standard_normal().sum(), zero.encoder[-1].bias, retain_graph=True)[0][2 * d:]
     assert kl_grad.abs().max() < 1e-12
-    z = q.rsample_z(1)[0]
+    z = q.rsample(1)[0]
     one_draw = torch.autograd.grad(-zero.log_likelihood(x, z).sum(), zero.encoder[-1].bias)[0][2 * d:]
     assert one_draw.abs().max() > 1e-4
 
@@ -625,7 +625,7 @@ def test_lowrank_log_prob_accurate_in_float32_when_ill_conditioned():
     scale = 3e-3 * (0.7 + 0.6 * torch.rand(batch, d))
     factor = torch.randn(batch, d * k)
     q = FAMILIES["lowrank"](mean, scale, factor)
-    z, log_q = q.rsample(32)
+    z, log_q = q.rsample_and_log_prob(32)
     assert z.dtype == log_q.dtype == torch.float32
     exact = LowRankMultivariateNormal(mean.double(), factor.double().reshape(batch, d, k), scale.double().square())
     expected = exact.log_prob(z.double())

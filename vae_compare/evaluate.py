@@ -52,7 +52,7 @@ def log_weight_chunks(model, x, num_samples, chunk_size, noise=None):
     chunks of shape (samples, images) that add up to num_samples samples."""
     q = model.posterior(x)
     for start in range(0, num_samples, chunk_size):
-        z, log_q = q.rsample(min(chunk_size, num_samples - start), noise)
+        z, log_q = q.rsample_and_log_prob(min(chunk_size, num_samples - start), noise)
         yield model.log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
 
 

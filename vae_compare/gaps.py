@@ -204,7 +204,7 @@ def optimize_posteriors(log_likelihood: Callable, x, start: Posteriors, samples=
         while step < steps:
             step += 1
             q = start.family.from_head(head, start.latent_dim, start.family_cfg)
-            elbo = log_likelihood(x_chunk, q.rsample_z(samples, noise)).mean(0) - q.kl_to_standard_normal()
+            elbo = log_likelihood(x_chunk, q.rsample(samples, noise)).mean(0) - q.kl_to_standard_normal()
             optimizer.zero_grad(set_to_none=True)
             (-elbo.sum()).backward()
             optimizer.step()
@@ -255,7 +255,7 @@ def elbo_estimate(log_likelihood: Callable, x, posteriors: Posteriors, samples=1
         total = torch.zeros(q.mean.shape[0], dtype=torch.float64, device=x.device)
         total_squares = torch.zeros_like(total)
         for count in sample_calls(samples, samples_per_call):
-            value = log_likelihood(x[rows], q.rsample_z(count, noise)).double()
+            value = log_likelihood(x[rows], q.rsample(count, noise)).double()
             total += value.sum(0)
             total_squares += value.square().sum(0)
         mean = total / samples
@@ -278,7 +278,7 @@ def importance_log_px_batch(log_likelihood: Callable, x, q, samples, samples_per
     # -inf is logsumexp's identity, so the first chunk needs no special case
     log_sum_w = torch.full((x.shape[0],), -math.inf, dtype=q.mean.dtype, device=x.device)
     for count in sample_calls(samples, samples_per_call):
-        z, log_q = q.rsample(count, noise)
+        z, log_q = q.rsample_and_log_prob(count, noise)
         log_w = log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
         log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
     return log_sum_w - math.log(samples)

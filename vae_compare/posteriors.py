@@ -111,6 +111,9 @@ class DiagGaussian:
     name = "diag"
     head_formula_text = "2d"
     uses_rank = False
+    # the head is [mean (d) | raw diagonal scale (d) | off-diagonal part] read by this class's from_head, so a
+    # zero off-diagonal part is the diagonal Gaussian of the first two parts (gaps starts other families' q* there)
+    has_diagonal_head = True
 
     @staticmethod
     def offdiag_size(latent_dim, rank):
@@ -134,6 +137,11 @@ class DiagGaussian:
     def rank_error(cls, latent_dim, rank):
         """Why family.rank is out of range for this family, or None."""
         return None if rank == 0 else f"family.rank applies to low-rank families only; {cls.name} needs rank=0, got {rank}"
+
+    @classmethod
+    def config_error(cls, family_cfg, latent_dim):
+        """Why this family refuses family_cfg at latent_dim (one line for the user), or None."""
+        return cls.rank_error(latent_dim, family_cfg.rank)
 
     @classmethod
     def from_head(cls, head, latent_dim, family_cfg):
@@ -395,6 +403,7 @@ class Rank1SumGaussian(DiagGaussian):
     name = "rank1sum"
     head_formula_text = "d + dk"
     uses_rank = True
+    has_diagonal_head = False
     START_SCALE = 1.0
 
     @staticmethod
@@ -416,6 +425,13 @@ class Rank1SumGaussian(DiagGaussian):
             return None
         return (f"family.rank must be >= latent_dim ({latent_dim}) for {cls.name}: V V^T with fewer than "
                 f"{latent_dim} columns is singular, so Sigma would be too; got {rank}")
+
+    @classmethod
+    def config_error(cls, family_cfg, latent_dim):
+        if family_cfg.offdiag_scale > 0:
+            return super().config_error(family_cfg, latent_dim)
+        return super().config_error(family_cfg, latent_dim) or \
+            f"family.offdiag_scale must be > 0 for {cls.name} (V is its whole covariance)"
 
     @classmethod
     def from_head(cls, head, latent_dim, family_cfg):
@@ -477,7 +493,9 @@ class PosteriorFamily(Protocol):
     name: str
     head_formula_text: str
     uses_rank: bool
+    has_diagonal_head: bool
 
+    def config_error(self, family_cfg, latent_dim): ...
     def head_formula(self, latent_dim, rank): ...
     def head_split(self, latent_dim, rank): ...
     def head_size(self, latent_dim, rank): ...

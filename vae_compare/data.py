@@ -6,13 +6,13 @@ torchvision downloads them into a cache folder (under a file lock, so parallel j
 """
 
 import contextlib
-import fcntl
 import gzip
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from vae_compare import UserError
 
@@ -64,21 +64,26 @@ def read_idx(path: Path, magic: int, count: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def download_folder(name: str) -> Path:
+    """Where `download` leaves the dataset's idx files (torchvision's layout under the cache)."""
+    return CACHE / DATASETS[name] / "raw"
+
+
 def download(name: str) -> Path:
-    """Fetch the files with torchvision into the cache, once even when several jobs ask at the same time."""
+    """Fetch the files with torchvision into the cache, once even when several jobs ask at the same time:
+    the first to take the lock downloads, the others wait and then find the files complete."""
     import torchvision
 
     dataset_class = getattr(torchvision.datasets, DATASETS[name])
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{name}.lock", "w") as lock, contextlib.redirect_stdout(None):
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(CACHE / f"{name}.lock"), contextlib.redirect_stdout(None):
         try:
             for train in (True, False):
                 dataset_class(str(CACHE), train=train, download=True)
         except Exception as error:  # torchvision raises a RuntimeError or URLError when offline
             raise UserError(f"no {name} files found locally and the download failed ({type(error).__name__}); "
                             f"point data.root=<folder> or ${DATA_ENV} at a folder with the four idx files") from None
-    return CACHE / dataset_class.__name__ / "raw"
+    return download_folder(name)
 
 
 def locate(name: str, root) -> Path:

@@ -1,5 +1,6 @@
 # Two commands for a fresh machine: `make train` (install, then train with the defaults) and
-# `make test` (install, then run the test suite). Both create .venv when it is missing.
+# `make test` (install, then run the test suite; CI runs it through .ci/run). Both create .venv when it is
+# missing.
 PYTHON ?= python3
 VENV := .venv
 # Offline data for this checkout's tests and runs, when the shared folder sits beside it.
@@ -21,18 +22,20 @@ train: install
 test: install
 	$(VENV)/bin/python -m pytest -q
 
-# The in-process tier (posteriors, model, schema, data, estimators, report statistics): about a minute.
+# The in-process tier (posteriors, model, schema, data, estimators, report statistics, pictures); its measured
+# time is in the README's Tests section.
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
+# The speed comparisons, interleaved (docs/speed.md).
 bench: install
 	$(VENV)/bin/python scripts/bench.py $(ARGS)
 
-# The fair comparison's tuning grid on validation data (scripts/tune.sh; README "Tuning on validation data").
+# The fair comparison's tuning grid on validation data (scripts/tune.sh; docs/tuning.md).
 tune: install
 	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/tune.sh $(ARGS)
 
-# The published answer (scripts/answer.sh; README "The answer"): 76 minutes on a 2-core CPU (measured);
+# The first answer (scripts/answer.sh; docs/answer.md): 76 minutes on a 2-core CPU (measured);
 # ANSWER_SCALE=full make answer is the GPU scale (untested).
 answer: install
 	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/answer.sh $(ARGS)

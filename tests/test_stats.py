@@ -1,0 +1,179 @@
+"""The report's statistics against references: Dunnett's intervals against published worked examples, TOST
+against a textbook case, the two-way model against hand computations, the minimum detectable effect and the
+seeds for equivalence against their power, and the verdict words on constructed cases."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from vae_compare.report.inference import (ALPHA, POWER, compare, dunnett_critical, minimum_detectable_effect,
+                                          seeds_for_equivalence, tost_delta_min, tost_p, verdict_word)
+from vae_compare.report.linear_model import fit_additive
+
+
+def one_way(groups):
+    """Means, pooled sd and df of a one-way layout (group 0 the control)."""
+    means = [np.mean(g) for g in groups]
+    df = sum(len(g) for g in groups) - len(groups)
+    pooled = math.sqrt(sum(((np.asarray(g) - np.mean(g)) ** 2).sum() for g in groups) / df)
+    return means, pooled, df
+
+
+def test_dunnett_reproduces_the_maze_example_of_minitab_and_sas():
+    """The mice maze example (18 mice, 6 per group, control C; Western Michigan University STAT 664 course
+    notes, http://www.stat.wmich.edu/wang/664/egs/MTBmice.html): MSE 73.97 on 15 df, Minitab's Dunnett 95%
+    simultaneous intervals 1 - C: [2.388, 26.61] and 2 - C: [-1.612, 22.61]."""
+    control, first, second = [58, 32, 59, 64, 55, 49], [73, 70, 68, 71, 60, 62], [53, 74, 72, 62, 58, 61]
+    means, pooled, df = one_way([control, first, second])
+    assert df == 15 and pooled ** 2 == pytest.approx(73.9667, abs=1e-4)
+    se = pooled * math.sqrt(2 / 6)
+    critical = dunnett_critical([[1, 0.5], [0.5, 1]], df)  # equal groups: correlation 1/2
+    for mean, (low, high) in zip(means[1:], [(2.388, 26.61), (-1.612, 22.61)]):
+        gain = mean - means[0]
+        assert gain - critical * se == pytest.approx(low, abs=2e-3)
+        assert gain + critical * se == pytest.approx(high, abs=6e-3)  # printed to 4 significant digits
+
+
+def test_dunnett_reproduces_the_blood_count_example_with_unequal_groups():
+    """Dunnett (1955, JASA 50:1096), blood counts of a control (6 animals) and two drugs (4 and 5), as
+    reproduced in scipy.stats.dunnett's documentation: the simultaneous 95% intervals of scipy's implementation.
+    Unequal groups correlate the comparisons by sqrt(n_i n_j / ((n_i + n_0)(n_j + n_0))) (Dunnett 1955)."""
+    control = [7.40, 8.50, 7.20, 8.24, 9.84, 8.32]
+    drugs = [[9.76, 8.80, 7.68, 9.36], [12.80, 9.68, 12.16, 9.20, 10.55]]
+    reference = stats.dunnett(*drugs, control=control, random_state=0).confidence_interval()
+    means, pooled, df = one_way([control, *drugs])
+    sizes = [len(control)] + [len(d) for d in drugs]
+    rho = math.sqrt(sizes[1] * sizes[2] / ((sizes[1] + sizes[0]) * (sizes[2] + sizes[0])))
+    critical = dunnett_critical([[1, rho], [rho, 1]], df)
+    for i in (1, 2):
+        se = pooled * math.sqrt(1 / sizes[i] + 1 / sizes[0])
+        gain = means[i] - means[0]
+        assert gain - critical * se == pytest.approx(reference.low[i - 1], abs=2e-3)
+        assert gain + critical * se == pytest.approx(reference.high[i - 1], abs=2e-3)
+
+
+def test_dunnett_critical_values_against_the_table():
+    """Dunnett's two-sided 5% point for 3 comparisons with a control on 12 error df: 2.686 as quoted from
+    Howell's table (MRC CBU statistics wiki, FAQ/dunR; the table has 2 decimals, so within 0.005); one
+    comparison is the t quantile itself, and a correlation near 1 comes near a single comparison's value."""
+    equal = np.full((3, 3), 0.5) + 0.5 * np.eye(3)
+    assert dunnett_critical(equal, 12) == pytest.approx(2.686, abs=5e-3)
+    assert dunnett_critical([[1.0]], 12) == pytest.approx(stats.t.ppf(0.975, 12), abs=1e-12)
+    nearly_one = np.full((3, 3), 0.999) + 0.001 * np.eye(3)
+    assert stats.t.ppf(0.975, 12) < dunnett_critical(nearly_one, 12) < stats.t.ppf(0.975, 12) + 0.05
+    # between the single t quantile and Bonferroni's, and more comparisons need more
+    five = np.full((5, 5), 0.5) + 0.5 * np.eye(5)
+    assert dunnett_critical(equal, 12) < dunnett_critical(five, 12) < stats.t.ppf(1 - 0.05 / 10, 12)
+
+
+def test_tost_reproduces_lakens_2017():
+    """Lakens (2017), Equivalence tests: a practical primer for t tests, correlations, and meta-analyses, Social
+    Psychological and Personality Science 8:355, worked example (also TOSTER's TOSTtwo.raw example): Moery &
+    Calin-Jageman (2016) control n = 95, M = 5.25, SD = 0.95; organic n = 89, M = 5.22, SD = 0.83; equal
+    variances, bounds d = +-0.43: "t(182) = -2.69, p = .004"."""
+    n1, n2 = 95, 89
+    pooled = math.sqrt(((n1 - 1) * 0.95 ** 2 + (n2 - 1) * 0.83 ** 2) / (n1 + n2 - 2))
+    se, df, gain, delta = pooled * math.sqrt(1 / n1 + 1 / n2), n1 + n2 - 2, 5.25 - 5.22, 0.43 * pooled
+    assert df == 182
+    assert round((gain - delta) / se, 2) == -2.69  # the upper bound's test, the binding one
+    p = tost_p(gain, se, df, delta)
+    assert round(p, 3) == 0.004
+    # the smallest supported margin is where TOST's p-value reaches alpha
+    smallest = tost_delta_min(gain, se, df)
+    assert tost_p(gain, se, df, smallest) == pytest.approx(ALPHA, abs=1e-12)
+    assert tost_p(gain, se, df, smallest * 0.99) > ALPHA > tost_p(gain, se, df, smallest * 1.01)
+    assert tost_p(0.5, 0.0, 5, 1.0) == 0.0 and tost_p(1.5, 0.0, 5, 1.0) == 1.0  # no spread: known exactly
+
+
+def test_two_way_model_against_a_hand_computation():
+    """3 variants x 4 seeds, complete: gains are differences of variant means, residuals y - row mean - column
+    mean + grand mean, (3-1)(4-1) = 6 residual df, SE of a gain sigma * sqrt(2/4), correlation 1/2."""
+    y = np.array([[10.0, 12.0, 11.0, 13.0], [12.0, 15.0, 13.0, 16.0], [11.0, 12.0, 14.0, 14.5]])
+    fit = fit_additive({v: dict(enumerate(row)) for v, row in enumerate(y)}, 0)
+    rows, columns, grand = y.mean(1), y.mean(0), y.mean()
+    residual = y - rows[:, None] - columns[None, :] + grand
+    assert fit.df == 6 and fit.estimable.all()
+    np.testing.assert_allclose(fit.gains, rows[1:] - rows[0], atol=1e-12)
+    assert fit.residual_sd == pytest.approx(math.sqrt((residual ** 2).sum() / 6), abs=1e-12)
+    np.testing.assert_allclose(fit.unscaled_cov, [[0.5, 0.25], [0.25, 0.5]], atol=1e-12)
+    np.testing.assert_allclose(fit.residuals[2], residual[2], atol=1e-12)
+
+
+def test_two_way_model_with_a_missing_seed_matches_yates():
+    """The same table without variant 2's seed 3: least squares on the rest equals the complete table with the
+    missing value filled by Yates' (1933) formula x = (t T + r B - G) / ((t-1)(r-1)) (T, B, G: the variant's,
+    seed's and grand totals of what is there), one residual df fewer; the variance of the gain of the variant
+    with the missing value is sigma^2 [2/r + t / (r (r-1)(t-1))] (Cochran & Cox 1957, Experimental Designs)."""
+    y = np.array([[10.0, 12.0, 11.0, 13.0], [12.0, 15.0, 13.0, 16.0], [11.0, 12.0, 14.0, np.nan]])
+    t, r = y.shape
+    table = {v: {s: y[v, s] for s in range(r) if not np.isnan(y[v, s])} for v in range(t)}
+    fit = fit_additive(table, 0)
+    filled = y.copy()
+    filled[2, 3] = (t * np.nansum(y[2]) + r * np.nansum(y[:, 3]) - np.nansum(y)) / ((t - 1) * (r - 1))
+    rows, columns, grand = filled.mean(1), filled.mean(0), filled.mean()
+    residual = filled - rows[:, None] - columns[None, :] + grand
+    assert fit.df == (t - 1) * (r - 1) - 1 and fit.counts == {0: 4, 1: 4, 2: 3}
+    np.testing.assert_allclose(fit.gains, rows[1:] - rows[0], atol=1e-12)
+    assert fit.residual_sd == pytest.approx(math.sqrt((residual ** 2).sum() / fit.df), abs=1e-12)
+    assert fit.unscaled_cov[0, 0] == pytest.approx(2 / r, abs=1e-12)
+    assert fit.unscaled_cov[1, 1] == pytest.approx(2 / r + t / (r * (r - 1) * (t - 1)), abs=1e-12)
+
+
+def test_two_way_model_links_variants_through_shared_seeds_only():
+    """diag has seeds 0, 1; A seeds 1, 2; B seeds 2, 3; C seeds 8, 9 (shared with nobody). B is tied to diag
+    through A: B - diag = (B - A at seed 2) + (A - diag at seed 1), exactly (no residual df); C is not."""
+    table = {"diag": {0: 1.0, 1: 2.0}, "A": {1: 5.0, 2: 4.0}, "B": {2: 10.0, 3: 7.0}, "C": {8: 0.0, 9: 1.0}}
+    fit = fit_additive(table, "diag")
+    assert fit.variants == ["A", "B", "C"] and fit.estimable.tolist() == [True, True, False]
+    assert fit.gains[0] == pytest.approx(5.0 - 2.0) and fit.gains[1] == pytest.approx((10.0 - 4.0) + (5.0 - 2.0))
+    assert math.isnan(fit.gains[2]) and fit.df == 0 and fit.residual_sd is None
+
+
+def test_minimum_detectable_effect_has_its_power():
+    """(c + t(0.8)) SE: with many df it is the textbook (1.96 + 0.84) SE = 2.80 SE; on 12 df a true gain of
+    that size puts the t statistic above c with probability close to 0.8 (noncentral t)."""
+    assert minimum_detectable_effect(1.0, 10 ** 7, stats.norm.ppf(0.975)) == pytest.approx(2.8016, abs=1e-3)
+    critical = stats.t.ppf(1 - 0.05 / 4, 12)  # Bonferroni over 2 comparisons
+    mde = minimum_detectable_effect(0.5, 12, critical)
+    assert stats.nct.sf(critical, 12, mde / 0.5) == pytest.approx(POWER, abs=0.03)
+
+
+def test_seeds_for_equivalence_reach_the_power_by_simulation():
+    """Paired design (spread: sd of the per-seed differences), true gain 0: the returned number of seeds is the
+    smallest at which TOST at +-delta concludes equivalence in 80% of simulated experiments (at sd = delta = 1:
+    84.8% with 11 seeds, 79.5% with 10, over 100,000 simulated experiments each)."""
+    sd, delta = 1.0, 1.0
+    n = seeds_for_equivalence(sd, delta, 2)
+    rng = np.random.default_rng(0)
+
+    def power(seeds):
+        diffs = rng.normal(0.0, sd, (100_000, seeds))
+        gain, se = diffs.mean(1), diffs.std(1, ddof=1) / math.sqrt(seeds)
+        return np.mean(np.abs(gain) + stats.t.ppf(1 - ALPHA, seeds - 1) * se < delta)
+
+    assert n == 11
+    assert power(n) > POWER > power(n - 1)
+    assert seeds_for_equivalence(0.0, delta, 3) == 2
+    assert seeds_for_equivalence(1e4, 1e-3, 3) is None  # beyond MAX_SEEDS
+    # more variants share the seed term: more residual df at the same n, never more seeds
+    assert seeds_for_equivalence(sd, delta, 5) <= n
+
+
+@pytest.mark.parametrize("gain, se, expected", [
+    (2.0, 0.5, "better"),         # interval above 0
+    (-2.0, 0.5, "worse"),         # interval below 0
+    (0.1, 0.2, "equivalent"),     # interval holds 0, TOST within +-1
+    (0.5, 0.5, "inconclusive"),   # interval holds 0, TOST cannot exclude 1
+    (0.5, 0.1, "better"),         # a small gain, measured precisely: above 0 beats "within delta"
+    (0.3, None, "inconclusive"),  # no interval
+])
+def test_verdicts_on_constructed_cases(gain, se, expected):
+    result = compare(gain, se, 10, 2.5, 1.0)
+    assert result["verdict"] == expected
+    if se is not None:
+        assert (result["gain_low"], result["gain_high"]) == pytest.approx((gain - 2.5 * se, gain + 2.5 * se))
+        assert result["tost_delta_min"] == pytest.approx(abs(gain) + stats.t.ppf(0.95, 10) * se)
+        assert result["mde"] == pytest.approx((2.5 + stats.t.ppf(0.8, 10)) * se)
+    assert verdict_word(None, None, True) == "inconclusive"

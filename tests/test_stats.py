@@ -1,16 +1,23 @@
 """The report's statistics against references: Dunnett's intervals against published worked examples, TOST
 against a textbook case, the two-way model against hand computations, the minimum detectable effect and the
-seeds for equivalence against their power, and the verdict words on constructed cases."""
+seeds for equivalence against their power, the verdict words on constructed cases; then the report's verdicts
+and verdict.csv on the fake run folders of test_report (its sweep and make_run)."""
 
+import io
 import math
 
 import numpy as np
 import pytest
+from rich.console import Console
 from scipy import stats
 
+from test_report import group, make_run, sweep  # noqa: F401 (sweep is a fixture)
+from vae_compare import UserError, export
+from vae_compare.report import build_report, main
 from vae_compare.report.inference import (ALPHA, POWER, compare, dunnett_critical, minimum_detectable_effect,
                                           seeds_for_equivalence, tost_delta_min, tost_p, verdict_word)
 from vae_compare.report.linear_model import fit_additive
+from vae_compare.report.stats import paired_by_seed
 
 
 def one_way(groups):
@@ -177,3 +184,161 @@ def test_verdicts_on_constructed_cases(gain, se, expected):
         assert result["tost_delta_min"] == pytest.approx(abs(gain) + stats.t.ppf(0.95, 10) * se)
         assert result["mde"] == pytest.approx((2.5 + stats.t.ppf(0.8, 10)) * se)
     assert verdict_word(None, None, True) == "inconclusive"
+
+
+# ---- the report's verdicts on fake run folders ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def paired(sweep):
+    """The same runs, reported with --paired."""
+    root, _, _ = sweep
+    out = root / "report_paired"
+    return out, build_report(root, out, console=Console(file=io.StringIO(), width=200), paired=True)
+
+
+def test_paired_gain_matches_hand_computation(paired):
+    _, result = paired
+    chol = group(result, 8, "cholesky")
+    # differences 1, 2, 3: mean 2, sd 1; three variants are compared with diag at d=8 (cholesky, lowrank and
+    # the matched diag), so the Bonferroni-corrected quantile is t(1 - 0.05/6, 2) = 7.649
+    assert chol["comparisons"] == 3 and chol["analysis"] == "paired"
+    assert chol["gain"] == pytest.approx(2.0)
+    assert chol["gain_low"] == pytest.approx(2.0 - 7.6488 / math.sqrt(3), abs=1e-3)
+    assert chol["gain_high"] == pytest.approx(2.0 + 7.6488 / math.sqrt(3), abs=1e-3)
+    assert chol["gain_n"] == 3 and chol["baseline"] == "diag" and chol["gain_df"] == 2
+    # TOST and the MDE use the same standard error, 1/sqrt(3): delta_min = 2 + t(0.95, 2) se
+    assert chol["tost_delta_min"] == pytest.approx(2.0 + 2.9200 / math.sqrt(3), abs=1e-3)
+    assert chol["mde"] == pytest.approx((7.6488 + 1.0607) / math.sqrt(3), abs=1e-3)
+    lowrank = group(result, 8, "lowrank(k=2)")
+    # differences 0.5, 0.6, 0.7: mean 0.6, sd 0.1
+    assert lowrank["gain"] == pytest.approx(0.6)
+    assert lowrank["gain_low"] == pytest.approx(0.6 - 7.6488 * 0.1 / math.sqrt(3), abs=1e-3)
+    assert lowrank["verdict"] == "better" and chol["verdict"] == "inconclusive"
+    chol2 = group(result, 2, "cholesky")
+    # differences -0.5, -0.7: mean -0.6, sd 0.1414; two variants at d=2: t(1 - 0.05/4, 1) = 25.452
+    assert chol2["gain"] == pytest.approx(-0.6)
+    assert chol2["gain_high"] == pytest.approx(-0.6 + 25.452 * math.sqrt(0.02) / math.sqrt(2), abs=1e-2)
+    assert chol2["elbo_gain"] == pytest.approx(1.0)
+    diag = group(result, 8, "diag")
+    assert diag["n"] == 3 and diag["log_px_mean"] == pytest.approx(-101.0) and diag["log_px_std"] == pytest.approx(1.0)
+    assert diag["gain"] is None
+
+
+def test_paired_analysis_is_labelled_and_uses_shared_seeds_only(paired):
+    out, _ = paired
+    assert "Paired analysis (report --paired)" in (out / "report.md").read_text()
+    assert {row["analysis"] for row in export.read_csv(out / "verdict.csv")} == {"paired"}
+    base = ({}, {"log_px": {0: 0.0, 1: 1.0, 7: 5.0}})
+    (gain,), _ = paired_by_seed(base, [({}, {"log_px": {0: 1.0, 1: 3.0, 2: 9.0}})], "log_px", 1.0)
+    assert gain["gain_n"] == 2 and gain["gain"] == pytest.approx(1.5)
+    (single,), _ = paired_by_seed(base, [({}, {"log_px": {0: 1.0}})], "log_px", 1.0)
+    assert single["gain_n"] == 1 and single["gain"] == pytest.approx(1.0) and single["gain_low"] is None
+    assert single["verdict"] == "inconclusive" and single["seeds_needed"] is None
+    (none,), _ = paired_by_seed(base, [({}, {"log_px": {3: 1.0}})], "log_px", 1.0)
+    assert none["gain_n"] == 0 and none["gain"] is None
+
+
+def test_two_way_gains_match_hand_computation(sweep):
+    """d=2: diag, cholesky and lowrank at seeds 0 and 1, complete. Gains are differences of variant means
+    (-0.6, -1.1); residuals y - variant mean - seed mean + grand mean are -/+0.0667 for diag and +/-0.0333 for
+    the others, RSS 0.01333 on (3-1)(2-1) = 2 df: sd 0.08165; a gain's SE is sd * sqrt(2/2)."""
+    _, _, result = sweep
+    sd = math.sqrt(2 * ((0.2 / 3) ** 2 + 2 * (0.1 / 3) ** 2) / 2)
+    critical = dunnett_critical([[1, 0.5], [0.5, 1]], 2)
+    (summary,) = [c for c in result["cells"] if c["latent_dim"] == 2]
+    assert summary["df"] == 2 and summary["residual_sd"] == pytest.approx(sd)
+    assert summary["critical"] == pytest.approx(critical)
+    for variant, gain in (("cholesky", -0.6), ("lowrank(k=2)", -1.1)):
+        row = group(result, 2, variant)
+        assert row["analysis"] == "two-way" and row["gain_n"] == 2 and row["gain_df"] == 2
+        assert row["gain"] == pytest.approx(gain) and row["gain_se"] == pytest.approx(sd)
+        assert (row["gain_low"], row["gain_high"]) == pytest.approx((gain - critical * sd, gain + critical * sd))
+        assert row["verdict"] == "worse"
+    assert group(result, 2, "cholesky")["elbo_gain"] == pytest.approx(1.0)
+
+
+def test_verdict_csv_has_one_row_per_comparison(sweep):
+    _, out, result = sweep
+    rows = export.read_csv(out / "verdict.csv")
+    assert list(rows[0])[:10] == ["dataset", "latent_dim", "variant", "n", "gain", "ci_low", "ci_high",
+                                  "tost_delta_min", "mde", "verdict"]
+    verdicts = {(int(row["latent_dim"]), row["variant"]): row["verdict"] for row in rows}
+    # d=8: cholesky (+1, +2, +3) clears zero; lowrank (+0.5..0.7) and the one matched seed do not, nor are they
+    # within 1 nat by TOST with these seeds
+    assert verdicts == {(2, "cholesky"): "worse", (2, "lowrank(k=2)"): "worse", (8, "diag matched→cholesky"):
+                        "inconclusive", (8, "cholesky"): "better", (8, "lowrank(k=2)"): "inconclusive"}
+    for row in rows:
+        group_row = group(result, int(row["latent_dim"]), row["variant"])
+        assert float(row["gain"]) == pytest.approx(group_row["gain"]) and int(row["n"]) == group_row["gain_n"]
+        assert float(row["ci_low"]) == pytest.approx(group_row["gain_low"])
+        assert float(row["mde"]) == pytest.approx(group_row["mde"])
+        assert (row["seeds_needed"] != "") == (row["verdict"] == "inconclusive")
+    assert result["verdicts"] and len(result["verdicts"]) == len(rows)
+
+
+def test_verdict_words_are_explained_and_tabled(sweep):
+    _, out, result = sweep
+    report = (out / "report.md").read_text()
+    paragraph = next(line for line in report.splitlines() if line.startswith("**Verdicts.**"))
+    for word in ("**better**", "**worse**", "**equivalent**", "**inconclusive**", "Dunnett", "TOST", "±δ = 1"):
+        assert word in paragraph
+    assert "| d | variant | n | gain | 95% sim. CI | δmin | MDE | verdict | seeds |" in report
+    assert "smallest effect" not in report  # a half-width is not a detectable effect
+    d8 = next(s for s in result["verdict"].split(". mnist") if "latent_dim 8" in s)
+    assert "two-way model on 4 residual df" in d8 and "cholesky better (+2.00 nats, n=3" in d8
+    d2 = next(s for s in result["verdict"].split(". mnist") if "latent_dim 2" in s)
+    assert "cholesky worse" in d2 and "though better in ELBO (+1.00 nats" in d2
+    assert result["verdict"] in report
+
+
+def test_matched_runs_are_their_own_group(sweep, paired):
+    _, out, result = sweep
+    matched = group(result, 8, "diag matched→cholesky")
+    assert matched["n"] == 1 and matched["matched"] and matched["gain_n"] == 1
+    # the two-way model gives its single seed an interval from the pooled variance
+    assert matched["gain_low"] is not None and matched["verdict"] == "inconclusive"
+    assert "| diag matched→cholesky | 1 |" in (out / "report.md").read_text()
+    paired_out, paired_result = paired
+    matched = group(paired_result, 8, "diag matched→cholesky")
+    assert matched["gain"] == pytest.approx(-0.2) and matched["gain_low"] is None
+    assert "-0.20 (n=1)" in (paired_out / "report.md").read_text()
+
+
+def test_equivalence_at_the_margin_given(tmp_path):
+    """cholesky within 0.35 nat of diag at each of 4 seeds (differences +0.35, -0.25, +0.25, -0.15): equivalent
+    at the default ±1 nat, inconclusive at --delta 0.1, where the row states the seeds TOST would need; the
+    terminal explains the words and tables them."""
+    for seed, difference in enumerate((0.35, -0.25, 0.25, -0.15)):
+        make_run(tmp_path / f"diag_s{seed}", "diag", 8, seed, -100.0 - seed)
+        make_run(tmp_path / f"chol_s{seed}", "cholesky", 8, seed, -100.0 - seed + difference)
+    console = Console(width=100, record=True, file=io.StringIO())
+    result = build_report(tmp_path, console=console)
+    (row,) = result["verdicts"]
+    assert row["verdict"] == "equivalent" and row["gain"] == pytest.approx(0.05) and row["tost_delta_min"] < 1.0
+    assert row["ci_low"] < 0 < row["ci_high"]
+    assert row["analysis"] == "two-way" and row["df"] == 3  # 8 values - (1 + 1 variant + 3 seeds)
+    text = " ".join(console.export_text().split())  # the paragraph as one line
+    assert "equivalent: the interval contains 0" in text and "δmin MDE verdict seeds" in text
+    main([str(tmp_path), "--out", str(tmp_path / "narrow"), "--delta", "0.1"])
+    (narrow,) = export.read_csv(tmp_path / "narrow" / "verdict.csv")
+    assert narrow["verdict"] == "inconclusive" and float(narrow["delta"]) == 0.1 and int(narrow["seeds_needed"]) > 4
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(UserError, match="--delta must be a positive number"):
+            main([str(tmp_path), "--out", str(tmp_path / "bad"), "--delta", bad])
+
+
+def test_missing_seeds_are_fitted_on_what_is_there(tmp_path):
+    """diag has seeds 0-2, cholesky 0-1 (a missing seed), lowrank only 5-6, which no other variant has: cholesky
+    is compared on what is there; lowrank has no gain, and says why."""
+    for seed in (0, 1, 2):
+        make_run(tmp_path / f"diag_s{seed}", "diag", 8, seed, -100.0 - seed)
+    for seed in (0, 1):
+        make_run(tmp_path / f"chol_s{seed}", "cholesky", 8, seed, -99.0 - seed + 0.1 * seed)
+    for seed in (5, 6):
+        make_run(tmp_path / f"lowrank_s{seed}", "lowrank", 8, seed, -90.0 - seed, rank=2)
+    result = build_report(tmp_path, console=Console(file=io.StringIO(), width=200))
+    chol, lowrank = group(result, 8, "cholesky"), group(result, 8, "lowrank(k=2)")
+    assert chol["gain_n"] == 2 and chol["gain"] == pytest.approx(1.05) and chol["gain_low"] is not None
+    assert lowrank["gain"] is None and lowrank["verdict"] == "inconclusive"
+    assert "lowrank(k=2) inconclusive (no gain: it shares no seed with diag)" in result["verdict"]
+    rows = {row["variant"]: row for row in export.read_csv(tmp_path / "verdict.csv")}
+    assert rows["lowrank(k=2)"]["gain"] == "" and rows["cholesky"]["verdict"] in ("better", "inconclusive")

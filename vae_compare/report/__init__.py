@@ -1,35 +1,46 @@
 """`vae-compare report FOLDER`: summarize every finished run below FOLDER.
 
-Writes summary.csv (one row per run), report.md (groups, paired gains over diag, parameter counts,
-a verdict computed from the numbers, plots), the PNG plots of plots.PLOTS and one posterior picture per
-dataset x latent_dim, the inference gaps of runs that have them (gaps.csv, report/gaps.py), and prints the group table (its main columns, for a 100-column terminal).
+Writes summary.csv (one row per run), report.md (verdicts, groups, gains over diag, parameter counts, plots),
+verdict.csv (one row per comparison with diag), the PNG plots of plots.PLOTS and one posterior picture per
+dataset x latent_dim, the inference gaps of runs that have them (gaps.csv, report/gaps.py), and prints the
+group and verdict tables (their main columns, for a 100-column terminal).
 
 A group is dataset x latent_dim x settings x variant. The variant is the posterior family (with its
 rank for low-rank families, its own settings when they vary, and the family it was widened to match for
 equal-budget runs); the settings are the other config values that vary across the runs (learning
-rate, epochs, ...). Each variant is compared with diag at the same dataset, latent_dim and settings,
-paired by seed: runs with the same seed see the same data order and binarization, so per-seed
-differences cancel part of the run-to-run noise that a mean-vs-mean comparison would carry.
+rate, epochs, ...). Each variant is compared with diag at the same dataset, latent_dim and settings
+(stats.py): by default in one two-way model (variant + seed) per cell with pooled variance and Dunnett's
+simultaneous intervals; with --paired by per-seed differences (runs with the same seed see the same data
+order and binarization). Each comparison gets a verdict: better, worse, equivalent (TOST at ±delta) or
+inconclusive (verdict.py).
 """
 
 import argparse
+import math
 from pathlib import Path
 
 from rich import get_console
 
 from vae_compare import UserError, export
-from vae_compare.report.collect import config_keys, family_order, find_runs, label_runs, varying
+from vae_compare.report import verdict
+from vae_compare.report.collect import config_keys, family_order, label_runs, varying
 from vae_compare.report.gaps import gap_groups, gaps_markdown, write_gaps_plot
 from vae_compare.report.plots import plot_colours, posterior_markdown, write_plots
-from vae_compare.report.render import console_table, markdown_table, report_markdown, summary_rows, verdict
+from vae_compare.report.inference import DEFAULT_DELTA
+from vae_compare.report.render import console_table, markdown_table, report_markdown, summary_rows
 from vae_compare.report.select import select_settings, selection_table
-from vae_compare.report.stats import make_groups
+from vae_compare.report.stats import ANALYSIS_NAMES, make_groups
+from vae_compare.rundir import find_runs
 
 
-def build_report(folder: Path, out: Path | None = None, console=None, select=False, tuned=False) -> dict:
+def build_report(folder: Path, out: Path | None = None, console=None, select=False, tuned=False, paired=False,
+                 delta=DEFAULT_DELTA) -> dict:
     """Summarize every finished run below folder into out (default: folder); returns the numbers. With
     select, only choose each family's setting by validation ELBO (selected.csv, selection.md). With tuned,
-    compare each family at its own setting (label_runs)."""
+    compare each family at its own setting (label_runs). paired: the per-seed paired analysis instead of the
+    two-way model; delta: the equivalence margin in nats."""
+    if not 0 < delta < math.inf:
+        raise UserError(f"--delta must be a positive number of nats, not {delta}")
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file, not a folder; give the run or sweep folder that holds it")
@@ -60,10 +71,10 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
         console.print(selection_table(rows))
         console.print(f"selection: {out / 'selection.md'}")
         return {"runs": len(runs), "unfinished": unfinished, "selected": rows, "out": str(out)}
-    groups = make_groups(runs)
-    verdict_text = verdict(groups)
+    groups, cells = make_groups(runs, paired=paired, delta=delta)
     posterior_plots = write_plots(runs, groups, out)
-    markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys, verdict_text, tuned)
+    markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys,
+                               verdict.markdown(groups, cells), tuned)
     markdown += posterior_markdown(posterior_plots)
     gap_rows = gap_groups(runs)
     if gap_rows:
@@ -71,12 +82,20 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
         write_gaps_plot(gap_rows, plot_colours(groups), out)
         markdown += gaps_markdown(gap_rows)
     export.atomic_write(out / "report.md", markdown.encode())
+    verdict_rows = verdict.write_verdict_csv(groups, cells, out / verdict.VERDICT_FILE)
 
     console.print(console_table(groups, title=f"{len(runs)} finished runs below {folder}"))
-    console.print(verdict_text, markup=False)  # variant names hold "[...]", which is not markup
+    if verdict_rows:
+        title = f"verdicts: gain over diag, {ANALYSIS_NAMES[cells[0]['analysis']]}"
+        console.print(verdict.console_table(groups, title=title))
+    # variant names hold "[...]", which is not markup
+    console.print(verdict.words_paragraph(cells[0]["metric"], delta, cells[0]["analysis"]).replace("**", ""),
+                  markup=False)
+    sentences = verdict.cell_sentences(groups, cells)
+    console.print(sentences, markup=False)
     console.print(f"report: {out / 'report.md'}")
-    return {"runs": len(runs), "unfinished": unfinished, "groups": groups, "verdict": verdict_text, "out": str(out),
-            "gaps": gap_rows}
+    return {"runs": len(runs), "unfinished": unfinished, "groups": groups, "cells": cells, "verdict": sentences,
+            "verdicts": verdict_rows, "out": str(out), "gaps": gap_rows}
 
 
 def main(args: list[str]) -> None:
@@ -89,5 +108,12 @@ def main(args: list[str]) -> None:
     parser.add_argument("--tuned", action="store_true",
                         help="each family ran at its own selected setting: settings that vary label the variants "
                              "instead of splitting the comparison")
+    parser.add_argument("--paired", action="store_true",
+                        help="compare by per-seed differences from diag (Bonferroni t-intervals) instead of the "
+                             "two-way model (variant + seed) with pooled variance and Dunnett's intervals")
+    parser.add_argument("--delta", type=float, default=DEFAULT_DELTA, metavar="NATS",
+                        help=f"equivalence margin for TOST: a gain within ±NATS of diag's counts as equivalent "
+                             f"(default {DEFAULT_DELTA:g})")
     options = parser.parse_args(args)
-    build_report(options.folder, options.out, select=options.select, tuned=options.tuned)
+    build_report(options.folder, options.out, select=options.select, tuned=options.tuned, paired=options.paired,
+                 delta=options.delta)

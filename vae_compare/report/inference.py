@@ -104,13 +104,15 @@ def verdict_word(low, high, equivalent):
 
 def compare(gain, se, df, critical, delta, alpha=ALPHA):
     """Everything the report says about one gain with standard error se on df degrees of freedom, given the
-    simultaneous critical value of its family of comparisons."""
+    simultaneous critical value of its family of comparisons (seeds_needed is the caller's: it depends on the
+    design)."""
     if se is None or df < 1:
         return {"gain": gain, "gain_low": None, "gain_high": None, "gain_se": None, "gain_df": df,
                 "gain_critical": None, "tost_p": None, "tost_delta_min": None, "mde": None,
-                "verdict": verdict_word(None, None, False)}
+                "verdict": verdict_word(None, None, False), "seeds_needed": None}
     low, high = gain - critical * se, gain + critical * se
     p = tost_p(gain, se, df, delta)
     return {"gain": gain, "gain_low": low, "gain_high": high, "gain_se": se, "gain_df": df, "gain_critical": critical,
             "tost_p": p, "tost_delta_min": tost_delta_min(gain, se, df, alpha),
-            "mde": minimum_detectable_effect(se, df, critical), "verdict": verdict_word(low, high, p < alpha)}
+            "mde": minimum_detectable_effect(se, df, critical), "verdict": verdict_word(low, high, p < alpha),
+            "seeds_needed": None}

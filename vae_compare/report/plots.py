@@ -10,6 +10,7 @@ from matplotlib.ticker import MaxNLocator
 
 from vae_compare import export, pictures
 from vae_compare.report.collect import series
+from vae_compare.report.stats import METRIC_NAMES, PAIRED
 
 def save_png(fig, path):
     """Render in memory, then write atomically (temporary name in the same folder, then rename)."""
@@ -61,10 +62,11 @@ def dodge(latent_dim, index, count, dims):
 
 
 def gain_figure(groups, colours):
-    """The question's answer per dataset: each variant's paired gain in test log p(x) over diag against
-    latent_dim, with the interval the report's table gives it (gain_low, gain_high); a gain from one paired
-    seed has no interval and is drawn as a point without a bar."""
+    """The question's answer per dataset: each variant's gain in the compared metric over diag against
+    latent_dim, with the interval the report's table gives it (gain_low, gain_high); a gain without an
+    interval (one paired seed, or no residual degrees of freedom) is drawn as a point without a bar."""
     datasets = sorted({row["dataset"] for row in groups})
+    metric = groups[0]["metric"]
     fig = Figure(figsize=(5.5 * len(datasets), 4), layout="constrained")
     for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets):
         dims = sorted({row["latent_dim"] for row in groups if row["dataset"] == dataset})
@@ -82,8 +84,9 @@ def gain_figure(groups, colours):
                                   [row["gain_high"] - row["gain"] for _, row in bars]],
                             fmt="none", ecolor=colours[name], capsize=3)
         latent_dim_axis(ax, dims)
-        ax.set(title=f"{dataset}: paired by seed; bars: the gain's interval (report table), none for n=1",
-               xlabel="latent_dim", ylabel="gain in test log p(x) over diag (nats)")
+        analysis = "paired by seed" if rows and rows[0]["analysis"] == PAIRED else "two-way model"
+        ax.set(title=f"{dataset}, {analysis}; bars: simultaneous 95% interval (report table), none without one",
+               xlabel="latent_dim", ylabel=f"gain in {METRIC_NAMES.get(metric, metric)} over diag (nats)")
         ax.title.set_fontsize("small")
         ax.grid(alpha=0.3)
         if names:

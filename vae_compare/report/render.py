@@ -1,7 +1,5 @@
-"""The report's words and tables: the verdict, summary.csv rows, the group and parameter tables as
-markdown and as rich tables, and report.md."""
-
-from collections import defaultdict
+"""The report's tables and report.md: summary.csv rows, the group and parameter tables as markdown and as
+rich tables (the verdicts have their own module, verdict.py)."""
 
 from rich import box
 from rich.table import Table
@@ -10,64 +8,13 @@ from rich.text import Text
 from vae_compare.posteriors import FAMILIES
 from vae_compare.report.collect import family_order
 from vae_compare.report.plots import PLOTS
-from vae_compare.report.stats import CORRECTION, cell
+from vae_compare.report.stats import ANALYSIS_NAMES, METRIC_NAMES
 
 PARAM_COLUMNS = ("head_outputs", "head_formula", "encoder_params", "decoder_params", "total_params", "hidden")
 
 
 def interval(low, high):
     return f"[{low:+.2f}, {high:+.2f}]"
-
-
-def significance(row):
-    """What the seeds say about one variant's gain over diag, with the smallest effect they could detect."""
-    if row["gain_n"] == 0:
-        return "no seed shared with diag"
-    if row["gain_n"] == 1:
-        return "n=1 paired seed: no interval, no conclusion"
-    low, high = row["gain_low"], row["gain_high"]
-    where = f"{interval(low, high)}, {row['gain_n']} paired seeds, {CORRECTION} over {row['comparisons']}"
-    if low > 0 or high < 0:
-        return f"95% CI {where}: distinguishable from diag"
-    bound = max(abs(low), abs(high))
-    return f"95% CI {where}: not distinguishable from diag; no difference larger than ±{bound:.2f} nats at 95%"
-
-
-def verdict(groups):
-    """One sentence per dataset x latent_dim x settings cell, joined into one paragraph. A variant is named
-    better or worse than diag only when its corrected interval excludes zero, never by its mean alone."""
-    cells = defaultdict(list)
-    for row in groups:
-        cells[cell(row)].append(row)
-    sentences = []
-    for (dataset, latent_dim, setting), rows in cells.items():
-        where = f"{dataset}, latent_dim {latent_dim}" + (f", {setting}" if setting else "")
-        seeds = sorted({row["n"] for row in rows})
-        n_text = f"n={seeds[0]}" if len(seeds) == 1 else f"n={seeds[0]}–{seeds[-1]}"
-        others = [row for row in rows if row["baseline"] is not None and row["variant"] != row["baseline"]]
-        if rows[0]["baseline"] is None:
-            sentences.append(f"{where} ({n_text} seeds per variant): there is no diag run to compare with.")
-            continue
-        better = [row for row in others if row["gain_low"] is not None and row["gain_low"] > 0]
-        worse = [row for row in others if row["gain_high"] is not None and row["gain_high"] < 0]
-        unclear = [row for row in others if row not in better and row not in worse]
-        parts = [f"{row['variant']} beats diag in test log p(x) by {row['gain']:+.2f} nats ({significance(row)})"
-                 for row in better]
-        parts += [f"{row['variant']} is worse than diag by {row['gain']:+.2f} nats ({significance(row)})"
-                  for row in worse]
-        parts += [f"{row['variant']} {'at ' + format(row['gain'], '+.2f') + ' nats ' if row['gain'] is not None else ''}"
-                  f"({significance(row)})" for row in unclear]
-        sentence = f"{where} ({n_text} seeds per variant): " + ("; ".join(parts) if parts else "only diag was run")
-        # a richer posterior can tighten the bound without improving the model itself
-        for row in others:
-            elbo_better = row["elbo_gain_low"] is not None and row["elbo_gain_low"] > 0
-            log_px_not = row["gain_high"] is not None and row["gain_low"] <= 0
-            if elbo_better and log_px_not:
-                sentence += (f"; {row['variant']} beats diag in ELBO ({row['elbo_gain']:+.2f} nats, 95% CI "
-                             f"{interval(row['elbo_gain_low'], row['elbo_gain_high'])}) but not in log p(x) "
-                             f"({row['gain']:+.2f} nats, {interval(row['gain_low'], row['gain_high'])})")
-        sentences.append(sentence + ".")
-    return " ".join(sentences)
 
 
 # ---- tables ---------------------------------------------------------------------------------------
@@ -98,10 +45,10 @@ def gain_text(row):
         return "no diag run"
     if row["variant"] == row["baseline"]:
         return "baseline"
-    if row["gain_n"] == 0:
+    if row["gain"] is None:
         return "no shared seed"
-    if row["gain_n"] == 1:
-        return f"{row['gain']:+.2f} (n=1)"
+    if row["gain_low"] is None:
+        return f"{row['gain']:+.2f} (n={row['gain_n']})"
     return f"{row['gain']:+.2f} {interval(row['gain_low'], row['gain_high'])}"
 
 
@@ -150,8 +97,9 @@ TEXT_COLUMNS = ("dataset", "settings", "variant")
 # The console's group table: the columns that answer the question, short enough for a 100-column terminal;
 # report.md keeps every column.
 CONSOLE_CAPTION = ("d: latent_dim · n: seeds · log p(x): test IWAE estimate, mean ± sd over seeds (nats) · "
-                   "gain vs diag: mean paired gain in log p(x) [interval] · ELBO: test, mean · gap: log-det gap · "
-                   "s/ep: seconds per epoch. report.md also has head outputs, parameters and active units.")
+                   "gain vs diag: gain in log p(x) [simultaneous 95% interval], verdicts below · ELBO: test, mean · "
+                   "gap: log-det gap · s/ep: seconds per epoch. report.md also has head outputs, parameters and active "
+                   "units.")
 
 
 def rich_table(header, rows, title, caption=None):
@@ -190,8 +138,10 @@ def console_table(groups, title):
     return rich_table(header, rows, title, caption=Text(CONSOLE_CAPTION))  # Text: "[interval]" is no markup
 
 
-def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text, tuned=False):
+def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_section, tuned=False):
+    """report.md up to its plots; verdict_section is verdict.markdown's."""
     iwae = sorted({str(run["summary"].get("test", {}).get("iwae_samples")) for run in runs})
+    metric = METRIC_NAMES.get(groups[0]["metric"], groups[0]["metric"])
     lines = [
         "# vae-compare report",
         "",
@@ -209,18 +159,14 @@ def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_text, 
                       "of grey levels, not normalised likelihoods; compare them only with each other."]
     lines += [
         "",
-        "## Verdict",
-        "",
-        verdict_text,
-        "",
+        verdict_section,
         "## Results",
         "",
         f"Test log p(x) is the IWAE estimate (k = {', '.join(iwae)} samples) in nats, higher is better "
-        "(NLL = −log p(x)); log p(x) and ELBO are mean ± sd over seeds. The gain is the mean per-seed difference "
-        "log p(x)(variant) − log p(x)(diag) over the seeds both have, at the same dataset, latent_dim and "
-        f"settings, with a 95% t-interval {CORRECTION}-corrected for the number of variants compared with diag at "
-        "that latent_dim and settings (so a cell's intervals hold together at 95%); a half-width is the smallest "
-        "difference those seeds can tell from zero. d is latent_dim; head (encoder head outputs per image), params "
+        "(NLL = −log p(x)); log p(x) and ELBO are mean ± sd over seeds. The gain is "
+        f"{metric}(variant) − {metric}(diag) at the same dataset, latent_dim and "
+        f"settings with its simultaneous 95% interval ({ANALYSIS_NAMES[groups[0]['analysis']]}; see Verdict). d is "
+        "latent_dim; head (encoder head outputs per image), params "
         "(total parameters), s/epoch, active (coordinates whose posterior mean varies, Burda et al.), active dir. "
         "(the rotation-invariant count: eigenvalues of Cov_x(E[z|x]) above the threshold) and logdet gap are means "
         "over seeds.",

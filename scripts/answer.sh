@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# The published answer (README "The answer"; `make answer`): every family at the setting the tuning grid
-# selected on validation data, latent_dim 2, 8 and 32, seeds 0, 1, 2, trained until the validation ELBO stops
-# improving (experiment=answer: patience 3, at most 30 epochs), test log p(x) with its k-curve, equal-budget
-# diag runs (encoder widened to cholesky's parameter count), the inference gaps of every seed-0 run on the same
-# 200 test images, then the tuned report into $PUBLISH_DIR (report.md, summary.csv, gaps.csv, the plots).
+# The published answer (README "The answer"; `make answer`): every family that declares answer runs
+# (vae_compare/posteriors), at the setting the tuning grid selected on validation data, latent_dim 2, 8 and 32,
+# seeds 0, 1, 2, trained until the validation ELBO stops improving (experiment=answer: patience 3, at most 30
+# epochs), test log p(x) with its k-curve, equal-budget diag runs (encoder widened to cholesky's parameter count),
+# the inference gaps of every seed-0 run on the same 200 test images, then the tuned report into $PUBLISH_DIR
+# (report.md, summary.csv, gaps.csv, the plots).
 #
 # Usage: scripts/answer.sh [extra overrides]   environment: ANSWER_SCALE (cpu, the default, or full), ANSWER_DIR,
-#                                             PUBLISH_DIR, ANSWER_SEEDS, ANSWER_DIMS, GAPS_IMAGES, ANSWER_JOBS
+#                                             PUBLISH_DIR, ANSWER_SEEDS, ANSWER_DIMS, GAPS_IMAGES, ANSWER_JOBS,
+#                                             PYTHON (default: the python beside $VAE_COMPARE)
 # ANSWER_SCALE=full is the GPU scale (experiment=answer_full: the default model, patience 10, at most 300 epochs,
 # k=5000 on the whole test set; latent_dim 2, 8, 32 and 64, seeds 0-4, gaps of 1000 images); untested.
 # Rerunning the same command finishes a run that was cut short: finished runs and measured gaps are skipped,
 # runs with a checkpoint continue from it.
 set -uo pipefail
 VAE_COMPARE=${VAE_COMPARE:-vae-compare}
+# the Python that runs vae-compare (the one beside it, in its environment), for the family registry
+PYTHON=${PYTHON:-$(dirname "$(command -v "$VAE_COMPARE")")/python}
+[ -x "$PYTHON" ] || PYTHON=python3
 case ${ANSWER_SCALE:-cpu} in
     cpu)  PRESET=answer      SCALE_DIR=answer      SCALE_DIMS=2,8,32    SCALE_SEEDS=0,1,2     SCALE_GAPS=200 ;;
     full) PRESET=answer_full SCALE_DIR=answer_full SCALE_DIMS=2,8,32,64 SCALE_SEEDS=0,1,2,3,4 SCALE_GAPS=1000 ;;
@@ -25,26 +30,17 @@ GAPS_IMAGES=${GAPS_IMAGES:-$SCALE_GAPS}
 COMMON=("experiment=$PRESET" "seed=${ANSWER_SEEDS:-$SCALE_SEEDS}" hydra/launcher=joblib "hydra.launcher.n_jobs=${ANSWER_JOBS:-2}"
         "hydra.sweep.dir=$ANSWER_DIR" "$@")
 
-# Each family's selected setting (README "Tuning on validation data": quick preset, latent_dim 16, seed 0).
-DIAG=(family=diag family.scale_transform=softplus family.scale_floor=1e-3 train.lr=3e-3)
-CHOLESKY=(family=cholesky family.scale_transform=softplus family.scale_floor=1e-3 family.offdiag_scale=0.001 train.lr=3e-3)
-LOWRANK=(family=lowrank family.scale_transform=softplus family.scale_floor=1e-3 family.offdiag_init=random
-         family.offdiag_init_std=0.1 family.offdiag_scale=0.001 train.lr=3e-3)
-CORR=(family=corr family.scale_transform=exp family.scale_floor=0 family.offdiag_scale=0.001 train.lr=3e-3)
-RANK1SUM=(family=rank1sum family.offdiag_scale=0.1 train.lr=1e-3)
+# The runs, from the family registry (each family's answer_runs: its setting selected by the tuning grid on
+# validation data, quick preset, latent_dim 16, seed 0; the equal-budget diag and lowrank start at latent_dim 4),
+# one `train -m` call per line: `python -m vae_compare.posteriors answer "$DIMS"` prints them.
+SWEEPS=$("$PYTHON" -m vae_compare.posteriors answer "$DIMS") || exit 2
+mapfile -t SWEEPS <<< "$SWEEPS"
 
 status=0
-run() { "$VAE_COMPARE" train -m "$@" "${COMMON[@]}" || status=1; }
-run "latent_dim=$DIMS" "${DIAG[@]}"
-# Two runs start at latent_dim 4. The equal-budget diag: at latent_dim 2 cholesky's head has one output more than
-# diag's (129 parameters, less than one hidden unit), so the widened encoder is diag's own and the run would repeat
-# diag. lowrank with k = 4 needs latent_dim >= 4 (at latent_dim 2, cholesky is the full covariance with 5 outputs).
-DIMS_FROM_4=$(tr , '\n' <<< "$DIMS" | awk '$1 >= 4' | paste -sd, -)
-[ -n "$DIMS_FROM_4" ] && run "latent_dim=$DIMS_FROM_4" "${DIAG[@]}" model.match_params=cholesky
-run "latent_dim=$DIMS" "${CHOLESKY[@]}"
-run "latent_dim=$DIMS" "${CORR[@]}"
-run "latent_dim=$DIMS" "${RANK1SUM[@]}"
-[ -n "$DIMS_FROM_4" ] && run "latent_dim=$DIMS_FROM_4" "${LOWRANK[@]}"
+for sweep in "${SWEEPS[@]}"; do
+    # shellcheck disable=SC2086  # the overrides are words
+    "$VAE_COMPARE" train -m $sweep "${COMMON[@]}" || status=1
+done
 
 # the gaps of every seed-0 run, on the same first GAPS_IMAGES test images
 for config in $(grep -l "^seed: 0$" "$ANSWER_DIR"/*/.hydra/config.yaml); do

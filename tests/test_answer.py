@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CLI, REPO, TINY
+from vae_compare.posteriors import FAMILIES
 
 pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]
 
@@ -17,9 +18,26 @@ pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]
 OVERRIDES = [o for o in TINY if not o.startswith("latent_dim=")] + ["eval.k_curve_images=16", "train.epochs=1"]
 
 
+DIMS = (2, 4)
+
+
+def setting(run, key):
+    """The value an answer run sets for `key`, or None."""
+    values = [override.split("=", 1)[1] for override in run.overrides if override.split("=", 1)[0] == key]
+    return values[0] if values else None
+
+
+def same(config_value, override):
+    """Whether a composed config value is what the override wrote (1e-3 and 0.001 are the same number)."""
+    try:
+        return float(config_value) == float(override)
+    except (TypeError, ValueError):
+        return str(config_value) == override
+
+
 def answer(tmp_path, scale=None):
     env = {"VAE_COMPARE": str(CLI), "ANSWER_DIR": str(tmp_path / "runs"), "PUBLISH_DIR": str(tmp_path / "answer"),
-           "ANSWER_SEEDS": "0", "ANSWER_DIMS": "2,4", "GAPS_IMAGES": "8", "COLUMNS": "120",
+           "ANSWER_SEEDS": "0", "ANSWER_DIMS": ",".join(map(str, DIMS)), "GAPS_IMAGES": "8", "COLUMNS": "120",
            **({"ANSWER_SCALE": scale} if scale else {})}
     return subprocess.run(["bash", str(REPO / "scripts" / "answer.sh"), *OVERRIDES], cwd=tmp_path, capture_output=True,
                           text=True, timeout=900, env={**os.environ, **env})
@@ -34,15 +52,24 @@ def test_answer_runs_every_family_publishes_and_rerun_skips(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs, published = tmp_path / "runs", tmp_path / "answer"
 
-    # diag, cholesky, corr, rank1sum at d = 2 and 4; diag widened to cholesky's budget and lowrank (k=4) at d = 4 only
+    # every family's answer runs (the registry's), each at the latent sizes from its min_latent_dim: today diag,
+    # cholesky, corr, rank1sum at d = 2 and 4; diag widened to cholesky's budget and lowrank (k=4) at d = 4 only
+    expected = {(name, str(d), setting(run, "model.match_params") or "")
+                for name, family in FAMILIES.items() for run in family.answer_runs
+                for d in DIMS if d >= run.min_latent_dim}
     rows = list(csv.DictReader((published / "summary.csv").open()))
     cells = {(row["family.name"], row["latent_dim"], row["model.match_params"]) for row in rows}
-    assert len(rows) == len(cells) == 10, sorted(cells)
-    assert {row["family.name"] for row in rows} == {"diag", "cholesky", "corr", "rank1sum", "lowrank"}
-    assert {row["latent_dim"] for row in rows if row["family.name"] == "lowrank"} == {"4"}
-    assert {row["latent_dim"] for row in rows if row["model.match_params"] == "cholesky"} == {"4"}
+    assert len(rows) == len(cells) == len(expected) == 10 and cells == expected, sorted(cells)
     # each family at its tuned setting, not the default (read from the configs: long folder names are shortened)
     configs = {p.parent.parent.name: OmegaConf.load(p) for p in runs.glob("*/.hydra/config.yaml")}
+    for name, cfg in configs.items():
+        arms = [run for run in FAMILIES[cfg.family.name].answer_runs
+                if str(cfg.model.match_params or "") == (setting(run, "model.match_params") or "")]
+        assert len(arms) == 1, name
+        for override in arms[0].overrides:
+            key, value = override.split("=", 1)
+            assert same(OmegaConf.select(cfg, key), value), (name, override, OmegaConf.select(cfg, key))
+    # the published answer's families and rates, pinned (a family joins the answer with its own answer_runs)
     assert {(cfg.family.name, cfg.train.lr) for cfg in configs.values()} == {
         ("diag", 3e-3), ("cholesky", 3e-3), ("corr", 3e-3), ("lowrank", 3e-3), ("rank1sum", 1e-3)}
 

@@ -1,13 +1,17 @@
 """Check the Gaussian posterior families against torch.distributions.
 
 Every reference below is built by the test itself from the raw tensors (mean, scale, off-diagonal values,
-V, jitter, or the raw head), never from the attributes of the class under test, so a wrong layout or
-formula shows up as a mismatch.
+factor, jitter, or the raw head), never from the attributes of the class under test, so a wrong layout or
+formula shows up as a mismatch. REFERENCES holds one entry per family, and every test that applies to all
+families runs over FAMILIES: a new family adds one entry.
 """
 
 import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable, Optional
 
 import pytest
 import torch
@@ -22,60 +26,12 @@ from torch.distributions import (
 )
 from torch.distributions.transforms import CorrCholeskyTransform
 
-from vae_compare.posteriors import FAMILIES, PosteriorFamily, head_size
+from vae_compare.posteriors import FAMILIES, DiagGaussian, PosteriorFamily, head_size
 
-FAMILY_NAMES = ["diag", "cholesky", "lowrank", "corr", "rank1sum"]
 DTYPE = torch.float64
 RTOL, ATOL = 1e-8, 1e-10
 CONF_FAMILY = Path(__file__).resolve().parents[1] / "conf" / "family"
-
-
-def offdiag_size(family, latent_dim, rank):
-    """Width of the off-diagonal part (V for rank1sum), written out here rather than taken from the class."""
-    if family == "diag":
-        return 0
-    if family in ("cholesky", "corr"):
-        return latent_dim * (latent_dim - 1) // 2
-    return latent_dim * rank
-
-
-def expected_head_size(family, d, k):
-    return {"diag": 2 * d, "cholesky": d + d * (d + 1) // 2, "lowrank": d * (k + 2), "corr": d * (d + 3) // 2,
-            "rank1sum": d + d * k}[family]
-
-
-def random_params(family, batch, latent_dim, rank, scale_range=(0.05, 5.0), offdiag_max=2.0, jitter=0.05):
-    """The raw tensors of one batch: mean (B, d); scale (B, d) log-uniform in scale_range (not rank1sum);
-    off-diagonal values (cholesky, lowrank, corr: unconstrained) or V (rank1sum, (B, d*k)) uniform in
-    [-offdiag_max, offdiag_max]; rank1sum's jitter."""
-    low, high = math.log(scale_range[0]), math.log(scale_range[1])
-    params = {"mean": 2 * torch.randn(batch, latent_dim, dtype=DTYPE)}
-    if family != "rank1sum":
-        params["scale"] = torch.exp(low + (high - low) * torch.rand(batch, latent_dim, dtype=DTYPE))
-    if family != "diag":
-        width = offdiag_size(family, latent_dim, rank)
-        params["offdiag"] = offdiag_max * (2 * torch.rand(batch, width, dtype=DTYPE) - 1)
-    if family == "rank1sum":
-        params["jitter"] = jitter
-    if family in ("cholesky", "corr", "rank1sum"):
-        params["offdiag"] = limit_conditioning(family, params)
-    return params
-
-
-def limit_conditioning(family, params, max_cond=1e8):
-    """Halve an image's off-diagonal values (V for rank1sum) until cond(Sigma) <= max_cond.
-
-    A random triangular L with diagonal 0.05 and off-diagonal 2 can have cond(L) ~ 1e12, and partial
-    correlations near +-1 make Omega nearly singular; then float64 itself cannot give a reference
-    log-density or log det to 1e-8, whatever the implementation. With zero off-diagonal values,
-    cond(Sigma) <= (5 / 0.05)^2 (rank1sum: 1, as Sigma = jitter I), so this ends.
-    """
-    params = dict(params, offdiag=params["offdiag"].clone())
-    while True:
-        too_wide = torch.linalg.cond(reference_covariance(family, params)) > max_cond
-        if not too_wide.any():
-            return params["offdiag"]
-        params["offdiag"][too_wide] *= 0.5
+EVERY_FAMILY = list(FAMILIES)
 
 
 def cholesky_factor(scale, offdiag):
@@ -92,55 +48,176 @@ def cholesky_factor(scale, offdiag):
     return L
 
 
-def reference_covariance(family, params):
-    """Sigma (B, d, d) from the raw tensors, by each family's definition."""
-    mean = params["mean"]
-    batch, d = mean.shape
-    if family == "diag":
-        return torch.diag_embed(params["scale"].square())
-    if family == "cholesky":
-        L = cholesky_factor(params["scale"], params["offdiag"])
-        return L @ L.transpose(-1, -2)
-    if family == "lowrank":
-        V = params["offdiag"].reshape(batch, d, -1)  # row-major (d, k)
-        return torch.diag_embed(params["scale"].square()) + V @ V.transpose(-1, -2)
-    if family == "corr":
-        # torch's own implementation of Stan's map from unconstrained values to the Cholesky factor of Omega
-        corr_tril = CorrCholeskyTransform()(params["offdiag"])
-        omega = corr_tril @ corr_tril.transpose(-1, -2)
-        scale = params["scale"]
-        return scale.unsqueeze(-1) * omega * scale.unsqueeze(-2)
-    V = params["offdiag"].reshape(batch, d, -1)
-    return V @ V.transpose(-1, -2) + params["jitter"] * torch.eye(d, dtype=DTYPE)
+def gram(matrix):
+    return matrix @ matrix.transpose(-1, -2)
+
+
+def factor(params):
+    """The off-diagonal values as the row-major (B, d, k) factor (lowrank's, rank1sum's V)."""
+    return params["offdiag"].reshape(*params["mean"].shape, -1)
+
+
+def jitter_eye(params):
+    return params["jitter"] * torch.eye(params["mean"].shape[-1], dtype=DTYPE)
+
+
+def corr_factor(params):
+    """diag(sigma) L_Omega, with torch's own implementation of Stan's map to the Cholesky factor of Omega."""
+    return params["scale"].unsqueeze(-1) * CorrCholeskyTransform()(params["offdiag"])
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One family as the tests build it from raw tensors, written apart from the class under test.
+
+    Raw tensors: mean (B, d); scale (B, d) where has_scale; offdiag (B, offdiag_width(d, k)) where has_offdiag,
+    the off-diagonal values or, without a diagonal part, the factor; jitter where has_jitter. The class under test is
+    FAMILIES[name](mean, [scale], [offdiag], [jitter]); its head is [mean | raw scale if has_scale | offdiag]."""
+
+    head_size: Callable          # (d, k) -> head outputs, the closed form
+    offdiag_width: Callable      # (d, k) -> width of the off-diagonal part
+    covariance: Callable         # raw tensors -> Sigma (B, d, d)
+    noise_map: Callable          # raw tensors -> A (B, d, d + extra noise dims) with z = mean + A eps
+    moments: dict                # raw tensors at d = 3, B = 2 besides mean and scale, for the sampling moments
+    distribution: Optional[Callable] = None  # raw tensors -> torch.distributions object (else from covariance)
+    rank: Callable = lambda d, k: 0          # a valid family.rank for a case drawn with k in 1..d
+    has_scale: bool = True
+    has_offdiag: bool = True
+    has_jitter: bool = False
+    config: dict = field(default_factory=dict)  # the tests' family config, over family_cfg's defaults
+    head_offdiag_scale: float = 0.5  # offdiag_scale in the raw-head test: the off-diagonal part is not negligible
+    start: Optional[Callable] = None  # (d, cfg) -> Sigma of every image at step 0; None: the diagonal model
+    refusals: tuple = ()         # (latent_dim, config values, fragments of config_error's message)
+    accepted: tuple = ()         # (latent_dim, config values) that config_error lets through
+
+
+REFERENCES = {
+    "diag": Reference(
+        head_size=lambda d, k: 2 * d,
+        offdiag_width=lambda d, k: 0,
+        covariance=lambda p: torch.diag_embed(p["scale"].square()),
+        noise_map=lambda p: torch.diag_embed(p["scale"]),
+        distribution=lambda p: Independent(Normal(p["mean"], p["scale"]), 1),
+        moments={},
+        has_offdiag=False,
+        config={"scale_transform": "exp", "scale_floor": 0.0},
+        refusals=((4, {"rank": 2}, ["family.rank applies to low-rank families only; diag needs rank=0, got 2"]),),
+        accepted=((4, {"rank": 0}),),
+    ),
+    "cholesky": Reference(
+        head_size=lambda d, k: d + d * (d + 1) // 2,
+        offdiag_width=lambda d, k: d * (d - 1) // 2,
+        covariance=lambda p: gram(cholesky_factor(p["scale"], p["offdiag"])),
+        noise_map=lambda p: cholesky_factor(p["scale"], p["offdiag"]),
+        distribution=lambda p: MultivariateNormal(p["mean"], scale_tril=cholesky_factor(p["scale"], p["offdiag"])),
+        moments={"offdiag": [[0.7, -0.5, 1.1], [-1.0, 0.4, 0.9]]},
+        refusals=((4, {"rank": 2}, ["cholesky needs rank=0, got 2"]),),
+        accepted=((4, {"rank": 0}),),
+    ),
+    "lowrank": Reference(
+        head_size=lambda d, k: d * (k + 2),
+        offdiag_width=lambda d, k: d * k,
+        covariance=lambda p: torch.diag_embed(p["scale"].square()) + gram(factor(p)),
+        noise_map=lambda p: torch.cat((torch.diag_embed(p["scale"]), factor(p)), -1),
+        distribution=lambda p: LowRankMultivariateNormal(p["mean"], cov_factor=factor(p), cov_diag=p["scale"].square()),
+        moments={"offdiag": [[0.6, -0.3, 1.0, 0.5, -0.8, 0.2], [-0.4, 0.9, 0.3, 0.0, 1.2, -0.6]]},
+        rank=lambda d, k: k,
+        refusals=((4, {"rank": 0}, ["family.rank must be in 1..latent_dim (4) for lowrank, got 0"]),
+                  (4, {"rank": 5}, ["family.rank must be in 1..latent_dim (4) for lowrank, got 5"])),
+        accepted=((4, {"rank": 1}), (4, {"rank": 4})),
+    ),
+    "corr": Reference(
+        head_size=lambda d, k: d * (d + 3) // 2,
+        offdiag_width=lambda d, k: d * (d - 1) // 2,
+        covariance=lambda p: gram(corr_factor(p)),
+        noise_map=corr_factor,
+        moments={"offdiag": [[0.9, -0.6, 1.4], [-1.2, 0.3, 0.8]]},  # unconstrained: partial correlations tanh(x)
+        refusals=((4, {"rank": 2}, ["corr needs rank=0, got 2"]),),
+        accepted=((4, {"rank": 0}),),
+    ),
+    "rank1sum": Reference(
+        head_size=lambda d, k: d + d * k,
+        offdiag_width=lambda d, k: d * k,
+        covariance=lambda p: gram(factor(p)) + jitter_eye(p),
+        noise_map=lambda p: torch.cat((math.sqrt(p["jitter"]) * torch.eye(p["mean"].shape[-1], dtype=DTYPE)
+                                       .expand(p["mean"].shape[0], -1, -1), factor(p)), -1),
+        moments={"offdiag": [[0.6, -0.3, 1.0, 0.5, -0.8, 0.2, 0.4, 0.1, -0.9, 0.7, 0.3, -0.2],
+                             [-0.4, 0.9, 0.3, 0.0, 1.2, -0.6, 0.5, 0.5, 0.8, -1.1, 0.2, 0.6]], "jitter": 0.05},
+        rank=lambda d, k: d + k % 4,
+        has_scale=False,
+        has_jitter=True,
+        config={"offdiag_scale": 1.0, "jitter": 1e-4},
+        head_offdiag_scale=1.5,
+        start=lambda d, cfg: (1 + cfg.jitter) * torch.eye(d, dtype=DTYPE),
+        refusals=tuple((d, {"rank": k}, [f"family.rank must be >= latent_dim ({d}) for rank1sum", "singular",
+                                         f"; got {k}"]) for d, k in [(5, 4), (5, 0), (1, 0), (16, 3)])
+        + ((5, {"rank": 5, "offdiag_scale": 0.0},
+            ["family.offdiag_scale must be > 0 for rank1sum (V is its whole covariance)"]),),
+        accepted=((5, {"rank": 5}), (5, {"rank": 9}), (1, {"rank": 1})),
+    ),
+}
+
+
+def family_cfg(family, rank, **overrides):
+    """A family config node with every FamilyConfig key (the YAML defaults' shape)."""
+    cfg = {"name": family, "rank": rank, "scale_transform": "softplus", "scale_floor": 1e-3, "offdiag_init": "zero",
+           "offdiag_scale": 0.01, "offdiag_init_std": 0.0, "jitter": 0.0, **REFERENCES[family].config}
+    return SimpleNamespace(**{**cfg, **overrides})
+
+
+def random_params(family, batch, latent_dim, rank, scale_range=(0.05, 5.0), offdiag_max=2.0, jitter=0.05):
+    """The raw tensors of one batch: mean (B, d); scale (B, d) log-uniform in scale_range (with a diagonal
+    part); off-diagonal values (unconstrained) or the factor, uniform in [-offdiag_max, offdiag_max]; jitter."""
+    ref = REFERENCES[family]
+    low, high = math.log(scale_range[0]), math.log(scale_range[1])
+    params = {"mean": 2 * torch.randn(batch, latent_dim, dtype=DTYPE)}
+    if ref.has_scale:
+        params["scale"] = torch.exp(low + (high - low) * torch.rand(batch, latent_dim, dtype=DTYPE))
+    if ref.has_offdiag:
+        width = ref.offdiag_width(latent_dim, rank)
+        params["offdiag"] = offdiag_max * (2 * torch.rand(batch, width, dtype=DTYPE) - 1)
+    if ref.has_jitter:
+        params["jitter"] = jitter
+    if ref.has_offdiag:
+        params["offdiag"] = limit_conditioning(family, params)
+    return params
+
+
+def limit_conditioning(family, params, max_cond=1e8):
+    """Halve an image's off-diagonal values (the factor, without a diagonal part) until cond(Sigma) <= max_cond.
+
+    A random triangular L with diagonal 0.05 and off-diagonal 2 can have cond(L) ~ 1e12, and partial
+    correlations near +-1 make Omega nearly singular; then float64 itself cannot give a reference
+    log-density or log det to 1e-8, whatever the implementation. With zero off-diagonal values,
+    cond(Sigma) <= (5 / 0.05)^2 (without a diagonal part: 1, as Sigma is a multiple of I), so this ends.
+    """
+    params = dict(params, offdiag=params["offdiag"].clone())
+    while True:
+        too_wide = torch.linalg.cond(REFERENCES[family].covariance(params)) > max_cond
+        if not too_wide.any():
+            return params["offdiag"]
+        params["offdiag"][too_wide] *= 0.5
 
 
 def reference(family, params):
     """The same distribution as a torch.distributions object with batch shape (B,) and event shape (d,)."""
-    mean = params["mean"]
-    if family == "diag":
-        return Independent(Normal(mean, params["scale"]), 1)
-    if family == "cholesky":
-        return MultivariateNormal(mean, scale_tril=cholesky_factor(params["scale"], params["offdiag"]))
-    if family == "lowrank":
-        batch, d = mean.shape
-        V = params["offdiag"].reshape(batch, d, -1)
-        return LowRankMultivariateNormal(mean, cov_factor=V, cov_diag=params["scale"].square())
-    # corr, rank1sum: torch.distributions factorises Sigma itself
-    return MultivariateNormal(mean, covariance_matrix=reference_covariance(family, params))
+    ref = REFERENCES[family]
+    if ref.distribution is not None:
+        return ref.distribution(params)
+    # torch.distributions factorises Sigma itself
+    return MultivariateNormal(params["mean"], covariance_matrix=ref.covariance(params))
 
 
 def build(family, params):
     """The class under test from the same raw tensors."""
-    if family == "diag":
-        return FAMILIES[family](params["mean"], params["scale"])
-    if family == "rank1sum":
-        return FAMILIES[family](params["mean"], params["offdiag"], params["jitter"])
-    return FAMILIES[family](params["mean"], params["scale"], params["offdiag"])
+    present = [params[name] for name in ("scale", "offdiag", "jitter") if name in params]
+    return FAMILIES[family](params["mean"], *present)
 
 
-def standard_normal(family, batch, latent_dim):
+def standard_normal(like, batch, latent_dim):
+    """N(0, I) of the same kind as the reference `like` (kl_divergence pairs Independent Normals, and MVNs)."""
     zeros = torch.zeros(batch, latent_dim, dtype=DTYPE)
-    if family == "diag":
+    if isinstance(like, Independent):
         return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
     eye = torch.eye(latent_dim, dtype=DTYPE).expand(batch, latent_dim, latent_dim)
     return MultivariateNormal(zeros, scale_tril=eye)
@@ -153,8 +230,8 @@ def make_case(family, batch, latent_dim, rank, **kwargs):
 
 
 def random_cases(family, num_cases=20, seed=0):
-    """Varied (batch, latent_dim, rank, scale range) cases; rank runs over 1..d for lowrank, d..d+3 for
-    rank1sum, whose jitter runs over 1e-4..0.5."""
+    """Varied (batch, latent_dim, rank, scale range) cases; the rank comes from k in 1..d (lowrank: k; the
+    families without a diagonal part: d..d+3, their jitter over 1e-4..0.5)."""
     gen = torch.Generator().manual_seed(seed)
     scale_ranges = [(0.05, 5.0), (0.05, 0.5), (0.5, 5.0), (0.2, 2.0)]
     jitters = [1e-4, 0.05, 0.5]
@@ -162,10 +239,11 @@ def random_cases(family, num_cases=20, seed=0):
     for i in range(num_cases):
         d = int(torch.randint(1, 13, (1,), generator=gen))
         batch = int(torch.randint(1, 6, (1,), generator=gen))
-        rank = int(torch.randint(1, d + 1, (1,), generator=gen))
-        case = {"batch": batch, "latent_dim": d, "rank": rank, "scale_range": scale_ranges[i % len(scale_ranges)]}
-        if family == "rank1sum":
-            case.update(rank=d + rank % 4, jitter=jitters[i % len(jitters)])
+        k = int(torch.randint(1, d + 1, (1,), generator=gen))
+        case = {"batch": batch, "latent_dim": d, "rank": REFERENCES[family].rank(d, k),
+                "scale_range": scale_ranges[i % len(scale_ranges)]}
+        if REFERENCES[family].has_jitter:
+            case["jitter"] = jitters[i % len(jitters)]
         cases.append(case)
     return cases
 
@@ -174,22 +252,26 @@ def case_id(case):
     return "B{batch}-d{latent_dim}-k{rank}".format(**case)
 
 
+def test_every_family_has_a_reference():
+    assert set(REFERENCES) == set(FAMILIES)
+
+
 # ----------------------------------------------------------------------------------------------------
 # 1-3: closed forms against torch.distributions
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_kl_matches_torch_distributions(family):
     torch.manual_seed(1)
     for case in random_cases(family):
         ours, ref = make_case(family, **case)
-        expected = kl_divergence(ref, standard_normal(family, case["batch"], case["latent_dim"]))
+        expected = kl_divergence(ref, standard_normal(ref, case["batch"], case["latent_dim"]))
         actual = ours.kl_to_standard_normal()
         assert actual.shape == (case["batch"],), case_id(case)
         torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL, msg=lambda m: f"{case_id(case)}: {m}")
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_log_prob_matches_torch_distributions(family):
     torch.manual_seed(2)
     for case in random_cases(family, seed=1):
@@ -201,7 +283,7 @@ def test_log_prob_matches_torch_distributions(family):
         torch.testing.assert_close(actual, ref.log_prob(z), rtol=RTOL, atol=ATOL, msg=lambda m: f"{case_id(case)}: {m}")
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_rsample_log_q_matches_torch_distributions(family):
     torch.manual_seed(3)
     for case in random_cases(family, seed=2):
@@ -214,16 +296,13 @@ def test_rsample_log_q_matches_torch_distributions(family):
         torch.testing.assert_close(ours.log_prob(z), ref.log_prob(z), rtol=RTOL, atol=ATOL, msg=msg)
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_covariance_and_log_det_match_torch_distributions(family):
     torch.manual_seed(4)
     for case in random_cases(family, seed=3):
         ours, ref = make_case(family, **case)
         msg = lambda m: f"{case_id(case)}: {m}"  # noqa: E731
-        if family == "diag":
-            expected_cov = torch.diag_embed(ref.base_dist.scale.square())
-        else:
-            expected_cov = ref.covariance_matrix
+        expected_cov = ref.covariance_matrix if hasattr(ref, "covariance_matrix") else torch.diag_embed(ref.variance)
         torch.testing.assert_close(ours.covariance(), expected_cov, rtol=RTOL, atol=ATOL, msg=msg)
         torch.testing.assert_close(
             ours.variances(), expected_cov.diagonal(dim1=-2, dim2=-1), rtol=RTOL, atol=ATOL, msg=msg
@@ -255,34 +334,24 @@ def test_corr_factor_matches_torch_corr_cholesky_transform():
 
 
 # ----------------------------------------------------------------------------------------------------
-# 4: sampling moments
+# 4: sampling moments and the noise map
 
 
-SAMPLE_MOMENT_PARAMS = {
-    "diag": {},
-    "cholesky": {"offdiag": [[0.7, -0.5, 1.1], [-1.0, 0.4, 0.9]]},
-    "lowrank": {"offdiag": [[0.6, -0.3, 1.0, 0.5, -0.8, 0.2], [-0.4, 0.9, 0.3, 0.0, 1.2, -0.6]]},
-    "corr": {"offdiag": [[0.9, -0.6, 1.4], [-1.2, 0.3, 0.8]]},  # unconstrained: partial correlations tanh(x)
-    "rank1sum": {"offdiag": [[0.6, -0.3, 1.0, 0.5, -0.8, 0.2, 0.4, 0.1, -0.9, 0.7, 0.3, -0.2],
-                             [-0.4, 0.9, 0.3, 0.0, 1.2, -0.6, 0.5, 0.5, 0.8, -1.1, 0.2, 0.6]], "jitter": 0.05},
-}
-
-
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_sample_moments(family):
     torch.manual_seed(5)
     num_samples = 200_000
     mean = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.3, -0.7]], dtype=DTYPE)
-    params = {"mean": mean, "scale": torch.tensor([[0.8, 1.5, 0.4], [1.2, 0.6, 2.0]], dtype=DTYPE)}
-    for name, value in SAMPLE_MOMENT_PARAMS[family].items():
+    params = {"mean": mean}
+    if REFERENCES[family].has_scale:
+        params["scale"] = torch.tensor([[0.8, 1.5, 0.4], [1.2, 0.6, 2.0]], dtype=DTYPE)
+    for name, value in REFERENCES[family].moments.items():
         params[name] = torch.tensor(value, dtype=DTYPE) if isinstance(value, list) else value
-    if family == "rank1sum":
-        del params["scale"]
     ours = build(family, params)
     z, _ = ours.rsample_and_log_prob(num_samples)
     cov = ours.covariance()
     # sanity: the covariance the sample is compared against is the reference one
-    torch.testing.assert_close(cov, reference_covariance(family, params))
+    torch.testing.assert_close(cov, REFERENCES[family].covariance(params))
 
     var = cov.diagonal(dim1=-2, dim2=-1)
     sample_mean = z.mean(0)
@@ -296,35 +365,32 @@ def test_sample_moments(family):
     assert ((sample_cov - cov).abs() <= 5 * cov_se).all(), (sample_cov, cov)
 
 
-@pytest.mark.parametrize("family", ["lowrank", "rank1sum"])
-def test_noise_layout(family):
-    """The first d noise dimensions (the stream every family shares) drive the diagonal or jitter term,
-    the extra k dimensions drive V."""
+@pytest.mark.parametrize("family", EVERY_FAMILY)
+def test_noise_map(family):
+    """z = mean + A eps with the reference's A, whose A A^T is the reference covariance: the first d noise
+    dimensions (the stream every family shares) drive the diagonal, jitter or square part, any extra k drive V."""
     torch.manual_seed(15)
-    batch, d, k = 2, 3, 4
-    params = random_params(family, batch, d, k)
+    batch, d = 2, 3
+    params = random_params(family, batch, d, REFERENCES[family].rank(d, 2))
     ours = build(family, params)
-    assert ours.extra_noise_dim() == k
-    eps_d, eps_k = torch.randn(5, batch, d, dtype=DTYPE), torch.randn(5, batch, k, dtype=DTYPE)
-    diagonal = params["scale"] if family == "lowrank" else math.sqrt(params["jitter"])
-    V = params["offdiag"].reshape(batch, d, k)
-    mean = params["mean"]
-    z_d = ours.noise_to_z(torch.cat((eps_d, torch.zeros_like(eps_k)), -1))
-    z_k = ours.noise_to_z(torch.cat((torch.zeros_like(eps_d), eps_k), -1))
-    torch.testing.assert_close(z_d, mean + diagonal * eps_d, rtol=RTOL, atol=ATOL)
-    torch.testing.assert_close(z_k, mean + (V @ eps_k.unsqueeze(-1)).squeeze(-1), rtol=RTOL, atol=ATOL)
+    A = REFERENCES[family].noise_map(params)
+    torch.testing.assert_close(gram(A), REFERENCES[family].covariance(params), rtol=RTOL, atol=ATOL)
+    assert ours.extra_noise_dim() == A.shape[-1] - d
+    eps = torch.randn(5, batch, A.shape[-1], dtype=DTYPE)
+    expected = params["mean"] + torch.einsum("bij,sbj->sbi", A, eps)
+    torch.testing.assert_close(ours.noise_to_z(eps), expected, rtol=RTOL, atol=ATOL)
 
 
 # ----------------------------------------------------------------------------------------------------
 # 5: gradients
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 @pytest.mark.parametrize("latent_dim,rank", [(4, 2), (5, 5)])
 def test_gradients_flow_to_every_parameter(family, latent_dim, rank):
     torch.manual_seed(6)
     batch = 3
-    rank = rank + latent_dim if family == "rank1sum" else rank
+    rank = REFERENCES[family].rank(latent_dim, rank)
     params = random_params(family, batch, latent_dim, rank, scale_range=(0.3, 3.0), offdiag_max=1.0)
     leaves = {name: value.requires_grad_(True) for name, value in params.items() if torch.is_tensor(value)}
     ours = build(family, params)
@@ -338,40 +404,32 @@ def test_gradients_flow_to_every_parameter(family, latent_dim, rank):
         assert (tensor.grad != 0).all(), (name, tensor.grad)
 
 
-def family_cfg(family, rank, **overrides):
-    """A family config node with every FamilyConfig key (the YAML defaults' shape)."""
-    cfg = {"name": family, "rank": rank, "scale_transform": "exp" if family == "diag" else "softplus",
-           "scale_floor": 0.0 if family == "diag" else 1e-3, "offdiag_init": "zero",
-           "offdiag_scale": 1.0 if family == "rank1sum" else 0.01, "offdiag_init_std": 0.0,
-           "jitter": 1e-4 if family == "rank1sum" else 0.0}
-    return SimpleNamespace(**{**cfg, **overrides})
-
-
 def reference_from_head(family, head, latent_dim, cfg):
     """MultivariateNormal from a raw head, by the head layout and transforms written out here."""
+    ref = REFERENCES[family]
     d = latent_dim
     mean = head[..., :d]
-    if family == "rank1sum":
-        params = {"mean": mean, "offdiag": head[..., d:] * cfg.offdiag_scale, "jitter": cfg.jitter}
-    else:
+    params = {"mean": mean}
+    if ref.has_scale:
         raw = head[..., d:2 * d]
         if cfg.scale_transform == "exp":
-            scale = torch.exp(raw / 2) + cfg.scale_floor
+            params["scale"] = torch.exp(raw / 2) + cfg.scale_floor
         else:
-            scale = torch.log1p(torch.exp(raw)) + cfg.scale_floor
-        params = {"mean": mean, "scale": scale, "offdiag": head[..., 2 * d:] * cfg.offdiag_scale}
-    return MultivariateNormal(mean, covariance_matrix=reference_covariance(family, params))
+            params["scale"] = torch.log1p(torch.exp(raw)) + cfg.scale_floor
+    params["offdiag"] = head[..., (2 if ref.has_scale else 1) * d:] * cfg.offdiag_scale
+    if ref.has_jitter:
+        params["jitter"] = cfg.jitter
+    return MultivariateNormal(mean, covariance_matrix=ref.covariance(params))
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_values_and_gradients_wrt_raw_head_match_torch_distributions(family):
     """log_prob and the KL, and their gradients w.r.t. the raw head, against a MultivariateNormal built
     from the same covariance: a wrong backward (or a detached part) shows up as a gradient mismatch."""
     torch.manual_seed(10)
     for d, k in [(1, 1), (3, 2), (6, 3)]:
-        k = k + d if family == "rank1sum" else (k if family == "lowrank" else 0)
-        # offdiag_scale 0.5 (1.5 for rank1sum) so that the off-diagonal part is not negligible
-        cfg = family_cfg(family, k, offdiag_scale=1.5 if family == "rank1sum" else 0.5, jitter=0.05)
+        k = REFERENCES[family].rank(d, k)
+        cfg = family_cfg(family, k, offdiag_scale=REFERENCES[family].head_offdiag_scale, jitter=0.05)
         batch = 4
         head = torch.randn(batch, FAMILIES[family].head_size(d, k), dtype=DTYPE, requires_grad=True)
         ours = FAMILIES[family].from_head(head, d, cfg)
@@ -390,18 +448,17 @@ def test_values_and_gradients_wrt_raw_head_match_torch_distributions(family):
 
 
 # ----------------------------------------------------------------------------------------------------
-# 6: head sizes, the interface, the YAML files
+# 6: head sizes, the interface, refusals, the study's settings, the YAML files
 
 
 def valid_ranks(family, latent_dim):
     return [k for k in range(2 * latent_dim + 3) if FAMILIES[family].rank_error(latent_dim, k) is None]
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_head_formula_equals_head_split(family):
     """head_formula (the closed form in params.csv) and head_split (what from_head cuts) are written
     independently; they must agree wherever the rank is valid, and with the formula written out here."""
-    assert set(FAMILIES) == set(FAMILY_NAMES)
     cls = FAMILIES[family]
     checked = 0
     for d in range(1, 41):
@@ -409,16 +466,17 @@ def test_head_formula_equals_head_split(family):
         assert ranks, (family, d)
         for k in ranks:
             assert cls.head_formula(d, k) == sum(cls.head_split(d, k)), (family, d, k)
-            assert cls.head_formula(d, k) == expected_head_size(family, d, k), (family, d, k)
-            assert head_size(family, d, k) == expected_head_size(family, d, k), (family, d, k)
+            assert cls.head_formula(d, k) == REFERENCES[family].head_size(d, k), (family, d, k)
+            assert head_size(family, d, k) == REFERENCES[family].head_size(d, k), (family, d, k)
             checked += 1
     assert checked >= 40
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_every_family_satisfies_the_protocol(family):
     cls = FAMILIES[family]
     assert cls.name == family
+    assert cls.has_diagonal_head == REFERENCES[family].has_scale
     for d in (1, 3):
         k = valid_ranks(family, d)[0]
         head = torch.randn(2, cls.head_size(d, k), dtype=DTYPE)
@@ -429,21 +487,56 @@ def test_every_family_satisfies_the_protocol(family):
         assert q.rsample(3).shape == (3, 2, d)
 
 
-def test_rank_errors():
-    rank1sum = FAMILIES["rank1sum"]
-    for d, k in [(5, 4), (5, 0), (1, 0), (16, 3)]:
-        message = rank1sum.rank_error(d, k)
-        assert message is not None, (d, k)
-        assert f"family.rank must be >= latent_dim ({d}) for rank1sum" in message
-        assert "singular" in message and message.endswith(f"got {k}")
-    assert rank1sum.rank_error(5, 5) is None and rank1sum.rank_error(5, 9) is None and rank1sum.rank_error(1, 1) is None
-    assert FAMILIES["corr"].rank_error(4, 0) is None
-    assert "corr needs rank=0, got 2" in FAMILIES["corr"].rank_error(4, 2)
+def tiny_vae(family, latent_dim, rank, seed=0, built_in=torch.float32, **overrides):
+    """A small VAE in float64, built in `built_in` (float64: its start is not rounded to float32 first)."""
+    from vae_compare.model import VAE, VAEConfig
+
+    config = VAEConfig(latent_dim, [8], [8], "tanh", family_cfg(family, rank, **overrides))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(built_in)
+    try:
+        return VAE(config, seed).double()
+    finally:
+        torch.set_default_dtype(default)
+
+
+@pytest.mark.parametrize("family", EVERY_FAMILY)
+def test_refusals(family):
+    """config_error names what the family refuses, in one line, and init_head will not start a head with it."""
+    cls = FAMILIES[family]
+    for d, values, fragments in REFERENCES[family].refusals:
+        cfg = family_cfg(family, **values)
+        message = cls.config_error(cfg, d)
+        assert message is not None and "\n" not in message, (d, values)
+        for fragment in fragments:
+            assert fragment in message, (d, values, message)
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            cls.init_head(torch.nn.Linear(8, cls.head_size(d, cfg.rank)), d, cfg)
+    for d, values in REFERENCES[family].accepted:
+        assert FAMILIES[family].config_error(family_cfg(family, **values), d) is None, (d, values)
+    assert REFERENCES[family].refusals and REFERENCES[family].accepted
+
+
+@pytest.mark.parametrize("family", EVERY_FAMILY)
+def test_study_settings_are_the_familys_own_and_name_config_keys(family):
+    """Each family declares its tuning grid and answer runs itself (a subclass does not inherit another
+    family's tuned setting), and every override names a key of the schema."""
+    from vae_compare.config import schema_fields
+
+    cls = FAMILIES[family]
+    assert "tuning_grid" in vars(cls) and "answer_runs" in vars(cls)
+    keys = {name for name, _ in schema_fields()}
+    overrides = [o for sweep in cls.tuning_grid for o in sweep] + [o for run in cls.answer_runs for o in run.overrides]
+    for override in overrides:
+        key, value = override.split("=", 1)
+        assert key in keys and value and " " not in value, override
+    assert cls.tuning_grid, family
 
 
 def test_family_yaml_files_list_every_key_and_compose():
     """Every family has a YAML file listing every FamilyConfig key (so every run logs the same keys), and
-    each composes into the typed schema and passes validate at the default latent_dim."""
+    each composes into the typed schema and passes validate and its family's checks at the default latent_dim;
+    a rank written as ${latent_dim} follows latent_dim."""
     from vae_compare.config import Config, FamilyConfig, validate
 
     files = {path.stem: path for path in CONF_FAMILY.glob("*.yaml")}
@@ -455,56 +548,51 @@ def test_family_yaml_files_list_every_key_and_compose():
         cfg = OmegaConf.merge(OmegaConf.structured(Config), {"family": values})
         assert cfg.family.name == family
         validate(cfg)
-        assert FAMILIES[family].rank_error(cfg.latent_dim, cfg.family.rank) is None
-    # rank1sum's rank follows latent_dim
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), {"family": yaml.safe_load(files["rank1sum"].read_text())})
-    cfg.latent_dim = 7
-    assert cfg.family.rank == 7
+        assert FAMILIES[family].config_error(cfg.family, cfg.latent_dim) is None
+        if values["rank"] == "${latent_dim}":
+            cfg.latent_dim = 7
+            assert cfg.family.rank == 7
+    assert yaml.safe_load(files["rank1sum"].read_text())["rank"] == "${latent_dim}"
 
 
 # ----------------------------------------------------------------------------------------------------
 # 7: latent_dim = 1
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_latent_dim_one(family):
     torch.manual_seed(7)
     batch = 4
-    params = random_params(family, batch, 1, 1)
-    if family != "diag":
-        assert params["offdiag"].shape == (batch, {"cholesky": 0, "corr": 0, "lowrank": 1, "rank1sum": 1}[family])
+    rank = 1 if FAMILIES[family].uses_rank else 0
+    params = random_params(family, batch, 1, rank)
+    assert FAMILIES[family].head_split(1, rank)[-1] == REFERENCES[family].offdiag_width(1, rank)
     ours, ref = build(family, params), reference(family, params)
 
     torch.testing.assert_close(
-        ours.kl_to_standard_normal(), kl_divergence(ref, standard_normal(family, batch, 1)), rtol=RTOL, atol=ATOL
+        ours.kl_to_standard_normal(), kl_divergence(ref, standard_normal(ref, batch, 1)), rtol=RTOL, atol=ATOL
     )
     z, log_q = ours.rsample_and_log_prob(6)
     assert z.shape == (6, batch, 1) and log_q.shape == (6, batch)
     torch.testing.assert_close(log_q, ref.log_prob(z), rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(ours.log_prob(z), ref.log_prob(z), rtol=RTOL, atol=ATOL)
 
-    # a one-dimensional Gaussian: the variance is scale^2 (+ v^2 for lowrank; v^2 + jitter for rank1sum;
-    # corr's Omega is [1])
-    if family == "rank1sum":
-        expected_var = params["offdiag"].square() + params["jitter"]
-    else:
-        extra = params["offdiag"].square().sum(-1, keepdim=True) if family == "lowrank" else 0
-        expected_var = params["scale"].square() + extra
-    torch.testing.assert_close(ours.covariance(), expected_var.unsqueeze(-1), rtol=RTOL, atol=ATOL)
-    torch.testing.assert_close(ours.log_det_cov(), expected_var.log().squeeze(-1), rtol=RTOL, atol=ATOL)
-    assert head_size(family, 1, 1 if FAMILIES[family].uses_rank else 0) == expected_head_size(family, 1, 1)
+    # a one-dimensional Gaussian: the covariance is its variance, the log-determinant that variance's log
+    expected_var = REFERENCES[family].covariance(params)
+    torch.testing.assert_close(ours.covariance(), expected_var, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(ours.log_det_cov(), expected_var.log().flatten(), rtol=RTOL, atol=ATOL)
+    assert head_size(family, 1, rank) == REFERENCES[family].head_size(1, 1)
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_latent_dim_one_backward(family):
     torch.manual_seed(8)
-    params = random_params(family, 3, 1, 1, scale_range=(0.3, 3.0))
+    params = random_params(family, 3, 1, 1 if FAMILIES[family].uses_rank else 0, scale_range=(0.3, 3.0))
     leaves = {name: value.requires_grad_(True) for name, value in params.items() if torch.is_tensor(value)}
     ours = build(family, params)
     z, log_q = ours.rsample_and_log_prob(4)
     (z.sum() + log_q.sum() + ours.kl_to_standard_normal().sum()).backward()
     for name, tensor in leaves.items():
-        if tensor.numel() == 0:  # cholesky's and corr's off-diagonal part is empty at d = 1
+        if tensor.numel() == 0:  # an off-diagonal part can be empty at d = 1 (cholesky's, corr's)
             continue
         assert torch.isfinite(tensor.grad).all() and (tensor.grad != 0).all(), name
 
@@ -513,11 +601,31 @@ def test_latent_dim_one_backward(family):
 # 8: starts (init_head) in a real VAE
 
 
-def tiny_vae(family, latent_dim, rank, seed=0, **overrides):
-    from vae_compare.model import VAE, VAEConfig
-
-    config = VAEConfig(latent_dim, [8], [8], "tanh", family_cfg(family, rank, **overrides))
-    return VAE(config, seed).double()
+@pytest.mark.parametrize("family", [name for name, cls in FAMILIES.items() if cls is not DiagGaussian])
+def test_start(family):
+    """With offdiag_init=zero, a family with a diagonal part starts at the diagonal model (diag's mean and
+    scale rows, a zero off-diagonal part: the same covariance and KL); one without starts every image at the
+    covariance its reference states, whatever offdiag_scale, with a finite ELBO."""
+    torch.manual_seed(13)
+    d = 4
+    x = torch.rand(5, 28 * 28, dtype=DTYPE)
+    ref = REFERENCES[family]
+    for k in {ref.rank(d, 2), ref.rank(d, 4)}:
+        for offdiag_scale in (ref.config.get("offdiag_scale", 0.01), 0.1):
+            model = tiny_vae(family, d, k, built_in=DTYPE, offdiag_scale=offdiag_scale)
+            q = model.posterior(x)
+            if ref.start is None:
+                diag = tiny_vae("diag", d, 0, built_in=DTYPE, scale_transform=model.family_values.scale_transform,
+                                scale_floor=model.family_values.scale_floor)
+                q_diag = diag.posterior(x)
+                torch.testing.assert_close(q.covariance(), q_diag.covariance(), rtol=1e-14, atol=1e-15)
+                torch.testing.assert_close(q.kl_to_standard_normal(), q_diag.kl_to_standard_normal(), rtol=1e-14,
+                                           atol=1e-14)
+            else:
+                expected = ref.start(d, model.family_values).expand(5, d, d)
+                torch.testing.assert_close(q.covariance(), expected, rtol=1e-12, atol=1e-12)
+                reconstruction, kl = model(x)
+                assert torch.isfinite(reconstruction).all() and torch.isfinite(kl).all()
 
 
 def test_random_start_changes_only_the_off_diagonal_rows():
@@ -580,36 +688,15 @@ def test_lowrank_zero_start_is_stationary_and_random_start_is_not():
     assert antithetic_elbo_gradient(random, x, 50).abs().max() > 1e-4
 
 
-def test_rank1sum_start_is_the_prior_covariance():
-    """No diagonal model to start from: zero weights and biases [I | 0] give Sigma = (1 + jitter) I for
-    every image and a finite ELBO; random adds noise to the whole of V (the zero columns too)."""
+def test_rank1sum_random_start_moves_every_column():
+    """offdiag_init=random adds noise to the whole of V's [I | 0] start, the zero columns too."""
     torch.manual_seed(12)
     d, k = 3, 5
     x = torch.rand(4, 28 * 28, dtype=DTYPE)
-    for offdiag_scale in (1.0, 0.1):
-        model = tiny_vae("rank1sum", d, k, offdiag_scale=offdiag_scale, jitter=1e-4)
-        q = model.posterior(x)
-        expected = (1 + 1e-4) * torch.eye(d, dtype=DTYPE).expand(4, d, d)
-        torch.testing.assert_close(q.covariance(), expected, rtol=1e-12, atol=1e-12)
-        reconstruction, kl = model(x)
-        assert torch.isfinite(reconstruction).all() and torch.isfinite(kl).all()
     random = tiny_vae("rank1sum", d, k, offdiag_init="random", offdiag_init_std=0.1)
     factor = random.posterior(x[:1]).factor[0]
     assert (factor[:, d:] != 0).all()
     torch.testing.assert_close(factor[:, :d], torch.eye(d, dtype=DTYPE), rtol=0, atol=0.5)
-    with pytest.raises(ValueError, match="offdiag_scale must be > 0 for rank1sum"):
-        tiny_vae("rank1sum", d, k, offdiag_scale=0.0)
-
-
-def test_corr_zero_start_is_the_diagonal_model():
-    torch.manual_seed(13)
-    d = 4
-    x = torch.rand(5, 28 * 28, dtype=DTYPE)
-    diag = tiny_vae("diag", d, 0, scale_transform="softplus", scale_floor=1e-3)
-    corr = tiny_vae("corr", d, 0)
-    q_diag, q_corr = diag.posterior(x), corr.posterior(x)
-    torch.testing.assert_close(q_corr.covariance(), q_diag.covariance(), rtol=1e-14, atol=1e-15)
-    torch.testing.assert_close(q_corr.kl_to_standard_normal(), q_diag.kl_to_standard_normal(), rtol=1e-14, atol=1e-14)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ def words_paragraph(metric, delta, analysis):
                f"t with the model's residual degrees of freedom and the correlation of the gains' estimates")
     return (f"**Verdicts.** The gain is {name} of the variant minus diag's (nats, higher is better). **better**: the "
             f"simultaneous {confidence} interval of the gain lies above 0; **worse**: it lies below 0; **equivalent**: "
-            f"the interval contains 0 and TOST (two one-sided t-tests at {ALPHA:g}) puts the gain within ±δ = "
+            f"the interval contains 0 and TOST (two one-sided t-tests at {ALPHA:g}; a joint claim that all are "
+            f"equivalent needs no correction, by the intersection-union principle) puts the gain within ±δ = "
             f"{delta:g} nats (report --delta); **inconclusive**: neither, so these seeds cannot tell, and the row "
             f"gives the seeds per variant TOST at ±δ would need for {POWER:.0%} power if the true gain were 0 (from "
             f"the observed sd). δmin is the smallest margin these data would call equivalent (|gain| + "
@@ -145,15 +146,16 @@ def write_verdict_csv(groups, cells, path):
     rows = []
     for row in comparisons(groups):
         summary = summaries[cell(row)]
-        rows.append({
+        values = {
             "dataset": row["dataset"], "latent_dim": row["latent_dim"], "variant": row["variant"], "n": row["gain_n"],
             "gain": row["gain"], "ci_low": row["gain_low"], "ci_high": row["gain_high"],
             "tost_delta_min": row["tost_delta_min"], "mde": row["mde"], "verdict": row["verdict"],
             "settings": row["setting"], "metric": row["metric"], "analysis": row["analysis"],
             "n_diag": diag_seeds[cell(row)], "se": row["gain_se"], "df": row["gain_df"],
             "critical": row["gain_critical"], "delta": row["delta"], "tost_p": row["tost_p"],
-            "seeds_needed": row["seeds_needed"], "residual_sd": summary.get("residual_sd"),
-            "variance_p": summary.get("variance_p")})
+            "seeds_needed": row["seeds_needed"], "residual_sd": summary["residual_sd"],
+            "variance_p": summary["variance_p"]}
+        rows.append({column: values[column] for column in VERDICT_COLUMNS + EXTRA_COLUMNS})
     text = export.csv_text(rows) if rows else ",".join(VERDICT_COLUMNS + EXTRA_COLUMNS) + "\n"
     export.atomic_write(path, text.encode())
     return rows

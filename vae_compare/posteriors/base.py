@@ -113,7 +113,8 @@ class FactorHeadFamily(GaussianFamily):
 
     uses_rank = True
     has_diagonal_head = False
-    factor_name = "the factor"
+    # why offdiag_scale must be > 0, for config_error
+    whole_covariance = "the factor makes its whole covariance"
     # why fewer than d columns cannot be ({d}: latent_dim), for rank_error
     few_columns = "a sum of fewer than {d} outer products is singular"
 
@@ -137,7 +138,7 @@ class FactorHeadFamily(GaussianFamily):
     def config_error(cls, family_cfg, latent_dim):
         problem = super().config_error(family_cfg, latent_dim)
         if problem is None and family_cfg.offdiag_scale <= 0:
-            problem = f"family.offdiag_scale must be > 0 for {cls.name} ({cls.factor_name} is its whole covariance)"
+            problem = f"family.offdiag_scale must be > 0 for {cls.name} ({cls.whole_covariance})"
         return problem
 
     @classmethod

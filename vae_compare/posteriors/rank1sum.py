@@ -24,7 +24,7 @@ class Rank1SumGaussian(FactorHeadFamily):
 
     name = "rank1sum"
     head_formula_text = "d + dk"
-    factor_name = "V"
+    whole_covariance = "V is its whole covariance"
     few_columns = "V V^T with fewer than {d} columns is singular, so Sigma would be too"
     START_SCALE = 1.0
     # no diagonal part: no scale transform to choose

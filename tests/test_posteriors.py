@@ -53,7 +53,7 @@ def gram(matrix):
 
 
 def factor(params):
-    """The off-diagonal values as the row-major (B, d, k) factor (lowrank's, rank1sum's V)."""
+    """The off-diagonal values as the row-major (B, d, k) factor (lowrank's, rank1sum's V; sqrt's G)."""
     return params["offdiag"].reshape(*params["mean"].shape, -1)
 
 
@@ -64,6 +64,12 @@ def jitter_eye(params):
 def corr_factor(params):
     """diag(sigma) L_Omega, with torch's own implementation of Stan's map to the Cholesky factor of Omega."""
     return params["scale"].unsqueeze(-1) * CorrCholeskyTransform()(params["offdiag"])
+
+
+def symmetric_root(params):
+    """sqrt's S = (1/k) G G^T + jitter I."""
+    G = factor(params)
+    return gram(G) / G.shape[-1] + jitter_eye(params)
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,26 @@ REFERENCES = {
         + ((5, {"rank": 5, "offdiag_scale": 0.0},
             ["family.offdiag_scale must be > 0 for rank1sum (V is its whole covariance)"]),),
         accepted=((5, {"rank": 5}), (5, {"rank": 9}), (1, {"rank": 1})),
+    ),
+    "sqrt": Reference(
+        head_size=lambda d, k: d + d * k,
+        offdiag_width=lambda d, k: d * k,
+        covariance=lambda p: symmetric_root(p) @ symmetric_root(p),
+        noise_map=symmetric_root,
+        moments={"offdiag": [[0.6, -0.3, 1.0, 0.5, -0.8, 0.2, 0.4, 0.1, -0.9, 0.7, 0.3, -0.2],
+                             [-0.4, 0.9, 0.3, 0.0, 1.2, -0.6, 0.5, 0.5, 0.8, -1.1, 0.2, 0.6]], "jitter": 0.05},
+        rank=lambda d, k: d + k % 4,
+        has_scale=False,
+        has_jitter=True,
+        config={"offdiag_scale": 1.0, "jitter": 1e-3},
+        head_offdiag_scale=1.5,
+        start=lambda d, cfg: torch.eye(d, dtype=DTYPE),
+        refusals=((5, {"rank": 4}, ["family.rank must be >= latent_dim (5) for sqrt", "singular", "; got 4"]),
+                  (1, {"rank": 0}, ["family.rank must be >= latent_dim (1) for sqrt", "; got 0"]),
+                  (3, {"rank": 3, "jitter": 0.0}, ["family.jitter must be in (0, 1) for sqrt, got 0.0"]),
+                  (3, {"rank": 3, "jitter": 1.0}, ["family.jitter must be in (0, 1) for sqrt, got 1.0"]),
+                  (3, {"rank": 3, "offdiag_scale": 0.0}, ["family.offdiag_scale must be > 0 for sqrt"])),
+        accepted=((3, {"rank": 3}), (3, {"rank": 7, "jitter": 0.5}), (1, {"rank": 1})),
     ),
 }
 

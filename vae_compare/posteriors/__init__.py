@@ -19,6 +19,7 @@ from vae_compare.posteriors.diag import DiagGaussian
 from vae_compare.posteriors.lowrank import LowRankGaussian
 from vae_compare.posteriors.noise import Noise, draw_noise
 from vae_compare.posteriors.rank1sum import Rank1SumGaussian
+from vae_compare.posteriors.sqrt import SqrtGaussian
 
 # the package's interface; the families themselves are reached through FAMILIES
 __all__ = ["FAMILIES", "LOG_2PI", "DiagGaussian", "FactorHeadFamily", "GaussianFamily", "Noise", "PosteriorFamily",
@@ -59,7 +60,7 @@ class PosteriorFamily(Protocol):
 
 # the report's table order: diag, the baseline, first
 FAMILIES = {family.name: family for family in (DiagGaussian, CholeskyGaussian, LowRankGaussian, CorrGaussian,
-                                               Rank1SumGaussian)}
+                                               Rank1SumGaussian, SqrtGaussian)}
 
 
 def head_size(family, latent_dim, rank):

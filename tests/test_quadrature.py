@@ -74,6 +74,16 @@ class BernoulliDecoder:
         return self.z, 0.5 * torch.eye(latent, dtype=self.z.dtype).expand(images, latent, latent)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are tiny, so a second thread only adds synchronisation: with the 2 cores shared by other
+    jobs, this file took 10-18 CPU-seconds on 2 threads and 1 on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def linear():
     return LinearGaussian()

@@ -30,7 +30,7 @@ from rich.table import Table
 from benchmark import epoch, family_step, iwae_rate, kl_rsample, small_batch
 from benchmark.timing import console, fmt
 from vae_compare import UserError, data
-from vae_compare.train import flush_denormals, pick_device
+from vae_compare.runtime import flush_denormals, pick_device
 
 # row letter -> the module that measures it and gives its rows of the summary
 ROWS = {"a": epoch, "b": family_step, "c": kl_rsample, "d": iwae_rate, "e": small_batch}

@@ -15,7 +15,7 @@ from torch import nn
 from benchmark.timing import console, fmt, interleaved_times, ratios, spread, verdict, wanted
 from benchmark.workloads import BATCH, live_progress
 from vae_compare import data
-from vae_compare.cli import compose
+from vae_compare.config import compose
 from vae_compare.train import Run, SignalGuard
 
 TRAIN_IMAGES = 50_000

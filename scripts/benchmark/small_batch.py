@@ -10,7 +10,7 @@ from rich.table import Table
 
 from benchmark.timing import console, fmt, interleaved_times, ratios, spread, verdict, wanted
 from benchmark.workloads import live_progress, square_matmul, step_flops
-from vae_compare.cli import compose
+from vae_compare.config import compose
 from vae_compare.model import build_model
 from vae_compare.posteriors import Noise
 from vae_compare.train import Run, SignalGuard, make_optimizer, train_step

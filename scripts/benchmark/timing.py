@@ -15,17 +15,17 @@ import time
 
 from rich.console import Console
 
-from vae_compare import evaluate
+from vae_compare.runtime import synchronize
 
 # wide tables when the output is a file or a pipe
 console = Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def seconds_of(fn, device):
-    evaluate.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     fn()
-    evaluate.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 

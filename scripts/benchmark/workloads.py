@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
-from vae_compare.cli import compose
+from vae_compare.config import compose
 from vae_compare.model import IMAGE_SIZE, build_model
 from vae_compare.train import progress_columns
 

@@ -228,7 +228,7 @@ def test_new_run_refuses_a_folder_holding_a_run(tmp_path):
 
 
 def test_impossible_model_size_is_refused_up_front(tmp_path):
-    from vae_compare.cli import compose
+    from vae_compare.config import compose
     from vae_compare.model import vae_config
 
     sweep_dir = tmp_path / "sweep"

@@ -5,7 +5,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from vae_compare import UserError
-from vae_compare.cli import compose
+from vae_compare.config import compose
 from vae_compare.config import RESULT_KEYS, RUNTIME_KEYS, hparams_of, plain, schema_fields, validate, flatten
 
 

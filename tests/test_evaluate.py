@@ -12,9 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rich.progress import Progress
+
 from conftest import make_vae
 from vae_compare import evaluate
 from vae_compare.data import Split
+from vae_compare.progress import ProgressBars
 
 NUM_IMAGES = 8
 # The IWAE estimate has a relative standard error of std(w) / (mean(w) sqrt(k)) per image. On these models
@@ -216,8 +219,12 @@ def test_iwae_with_progress_bar_and_bad_k():
     model = tiny_vae(1, "diag")
     split = Split(random_images(5))
     torch.manual_seed(0)
-    values = evaluate.iwae_log_px(model, split, 3, batch_size=2, show_progress=True)
+    bars = Progress(disable=True)
+    values = evaluate.iwae_log_px(model, split, 3, batch_size=2, progress=ProgressBars(bars))
     assert values.shape == (5,) and torch.isfinite(values).all()
+    # one bar, advanced after each batch of 2 images to all 5
+    (task,) = bars.tasks
+    assert task.description == "log p(x), k=3" and task.completed == task.total == 5
     with pytest.raises(ValueError):
         evaluate.iwae_log_px(model, split, 0)
 

@@ -14,7 +14,7 @@ from matplotlib.image import imread
 
 from conftest import MNIST
 from vae_compare import data, finish, pictures
-from vae_compare.cli import compose
+from vae_compare.config import compose
 from vae_compare.model import build_model
 
 pytestmark = pytest.mark.usefixtures("real_data")

@@ -1,4 +1,4 @@
-"""Check the inference-gap code (vae_compare/gaps.py) against closed forms it does not use itself.
+"""Check the inference-gap code (vae_compare/gaps.py, qstar.py, rotation.py) against closed forms it does not use.
 
 The central check is a linear-Gaussian model, x = W z + b + noise with noise N(0, sigma_x^2 I) and prior
 N(0, I): its log p(x) and its posterior N(m, Lambda^-1), Lambda = I + W^T W / sigma_x^2, are closed-form. So
@@ -15,8 +15,10 @@ import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from conftest import MNIST, make_vae
-from vae_compare import gaps
-from vae_compare.posteriors import FAMILIES, DiagGaussian
+from vae_compare import gaps, qstar, rotation
+from vae_compare.config import GapsConfig
+from vae_compare.data import cpu_bernoulli, read_images
+from vae_compare.posteriors import FAMILIES, Noise
 
 DTYPE = torch.float64
 LATENT, PIXELS, SIGMA_X, IMAGES = 3, 5, 1.0, 12
@@ -73,13 +75,13 @@ def linear():
 def linear_encoder(linear):
     """A poor amortised q: 70% of the posterior mean and unit variances, so the amortization gap is large."""
     heads = torch.cat((0.7 * linear.posterior_mean, torch.zeros(IMAGES, LATENT, dtype=DTYPE)), -1)
-    return gaps.Posteriors(FAMILIES["diag"], family_cfg("diag"), LATENT, heads)
+    return qstar.Posteriors(FAMILIES["diag"], family_cfg("diag"), LATENT, heads)
 
 
 @pytest.fixture(scope="module")
 def linear_gaps(linear, linear_encoder):
-    settings = gaps.GapsConfig(elbo_samples=4000, iwae_samples=4000, **SETTINGS)
-    starts = {name: gaps.start_posteriors(linear_encoder, name) for name in ("diag", "cholesky")}
+    settings = GapsConfig(elbo_samples=4000, iwae_samples=4000, **SETTINGS)
+    starts = {name: qstar.start_posteriors(linear_encoder, name) for name in ("diag", "cholesky")}
     return gaps.inference_gaps(linear.log_likelihood, linear.x, linear_encoder, starts, settings)
 
 
@@ -88,8 +90,8 @@ def test_the_linear_model_has_a_clear_diagonal_gap(linear):
 
 
 def test_optimized_cholesky_is_the_exact_posterior(linear, linear_encoder):
-    start = gaps.start_posteriors(linear_encoder, "cholesky")
-    optimized, _ = gaps.optimize_posteriors(linear.log_likelihood, linear.x, start, noise=gaps.Noise(1, "cpu"),
+    start = qstar.start_posteriors(linear_encoder, "cholesky")
+    optimized, _ = qstar.optimize_posteriors(linear.log_likelihood, linear.x, start, noise=Noise(1, "cpu"),
                                             **SETTINGS)
     # exact ELBOs, no sampling: what is left is the optimiser's own error, KL(q* || posterior) (measured 0.004
     # nat at most; the covariance is then within 0.02 of the posterior's, as a KL of 0.004 allows)
@@ -98,8 +100,8 @@ def test_optimized_cholesky_is_the_exact_posterior(linear, linear_encoder):
 
 
 def test_optimized_diag_falls_short_by_the_closed_form_kl(linear, linear_encoder):
-    start = gaps.start_posteriors(linear_encoder, "diag")
-    optimized, _ = gaps.optimize_posteriors(linear.log_likelihood, linear.x, start, noise=gaps.Noise(1, "cpu"),
+    start = qstar.start_posteriors(linear_encoder, "diag")
+    optimized, _ = qstar.optimize_posteriors(linear.log_likelihood, linear.x, start, noise=Noise(1, "cpu"),
                                             **SETTINGS)
     gap = linear.log_px - linear.exact_elbo(optimized.distribution())
     assert (gap - linear.diagonal_gap()).abs().max() < 0.01
@@ -122,13 +124,13 @@ def test_gap_rows_on_the_linear_model(linear, linear_gaps):
 
 
 def test_stopping_rule(linear, linear_encoder):
-    start = gaps.start_posteriors(linear_encoder, "diag")
-    run = dict(samples=2, lr=0.02, window=10, chunk_images=5, noise=gaps.Noise(1, "cpu"))
+    start = qstar.start_posteriors(linear_encoder, "diag")
+    run = dict(samples=2, lr=0.02, window=10, chunk_images=5, noise=Noise(1, "cpu"))
     # any change counts as a plateau: two windows, then one more per drop of the learning rate
-    _, steps = gaps.optimize_posteriors(linear.log_likelihood, linear.x, start, steps=1000,
+    _, steps = qstar.optimize_posteriors(linear.log_likelihood, linear.x, start, steps=1000,
                                         tolerance=math.inf, lr_drops=2, **run)
     assert steps.tolist() == [60] * IMAGES
-    _, steps = gaps.optimize_posteriors(linear.log_likelihood, linear.x, start, steps=35,
+    _, steps = qstar.optimize_posteriors(linear.log_likelihood, linear.x, start, steps=35,
                                         tolerance=-math.inf, **run)
     assert steps.tolist() == [35] * IMAGES
 
@@ -136,8 +138,8 @@ def test_stopping_rule(linear, linear_encoder):
 def test_own_family_start_moves_offdiag_scale_into_the_head():
     generator = torch.Generator().manual_seed(0)
     heads = torch.randn(7, 4 + 10, generator=generator, dtype=DTYPE)
-    encoder = gaps.Posteriors(FAMILIES["cholesky"], family_cfg("cholesky", "softplus", 1e-3, 0.01), 4, heads)
-    start = gaps.start_posteriors(encoder, "cholesky")
+    encoder = qstar.Posteriors(FAMILIES["cholesky"], family_cfg("cholesky", "softplus", 1e-3, 0.01), 4, heads)
+    start = qstar.start_posteriors(encoder, "cholesky")
     assert start.family_cfg.offdiag_scale == 1.0
     assert torch.allclose(start.distribution().covariance(), encoder.distribution().covariance())
     assert torch.allclose(start.distribution().mean, encoder.distribution().mean)
@@ -148,8 +150,8 @@ def test_own_family_start_moves_offdiag_scale_into_the_head():
 def test_other_family_starts_at_the_encoders_diagonal_gaussian(transform, floor, target):
     generator = torch.Generator().manual_seed(1)
     heads = torch.randn(7, 8, generator=generator, dtype=DTYPE)
-    encoder = gaps.Posteriors(FAMILIES["diag"], family_cfg("diag", transform, floor), 4, heads)
-    start = gaps.start_posteriors(encoder, target, rank=2)
+    encoder = qstar.Posteriors(FAMILIES["diag"], family_cfg("diag", transform, floor), 4, heads)
+    start = qstar.start_posteriors(encoder, target, rank=2)
     q, q0 = start.distribution(), encoder.distribution()
     assert start.family is FAMILIES[target] and start.family_cfg.scale_transform == transform
     assert torch.allclose(q.mean, q0.mean)
@@ -159,23 +161,22 @@ def test_other_family_starts_at_the_encoders_diagonal_gaussian(transform, floor,
 def test_another_family_starts_at_the_reverse_kl_closest_diagonal_of_a_correlated_encoder():
     generator = torch.Generator().manual_seed(2)
     heads = torch.randn(7, 4 + 10, generator=generator, dtype=DTYPE)
-    encoder = gaps.Posteriors(FAMILIES["cholesky"], family_cfg("cholesky", "softplus", 1e-3, 0.5), 4, heads)
-    start = gaps.start_posteriors(encoder, "diag")
+    encoder = qstar.Posteriors(FAMILIES["cholesky"], family_cfg("cholesky", "softplus", 1e-3, 0.5), 4, heads)
+    start = qstar.start_posteriors(encoder, "diag")
     cov = encoder.distribution().covariance()
     assert torch.allclose(start.distribution().variances(), 1 / torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1))
     assert torch.allclose(start.distribution().mean, encoder.distribution().mean)
 
 
-def test_a_family_without_the_diagonal_layout_is_refused():
-    class MeanAndFactor(DiagGaussian):
-        @classmethod
-        def from_head(cls, head, latent_dim, family_cfg):
-            raise NotImplementedError
-
-    assert gaps.has_diagonal_layout(FAMILIES["lowrank"]) and not gaps.has_diagonal_layout(MeanAndFactor)
-    encoder = gaps.Posteriors(FAMILIES["diag"], family_cfg("diag"), 4, torch.zeros(2, 8, dtype=DTYPE))
-    with pytest.raises(gaps.UnsupportedFamily, match="rank"):
-        gaps.start_posteriors(encoder, "lowrank", rank=9)
+def test_a_family_without_the_diagonal_head_is_refused():
+    # the family declares its head layout (has_diagonal_head): lowrank's starts from a diagonal, rank1sum's
+    # [mean | V] has no diagonal member to start from
+    encoder = qstar.Posteriors(FAMILIES["diag"], family_cfg("diag"), 4, torch.zeros(2, 8, dtype=DTYPE))
+    assert qstar.start_posteriors(encoder, "lowrank", rank=2).family is FAMILIES["lowrank"]
+    with pytest.raises(qstar.UnsupportedFamily, match="head is not"):
+        qstar.start_posteriors(encoder, "rank1sum")
+    with pytest.raises(qstar.UnsupportedFamily, match="rank"):
+        qstar.start_posteriors(encoder, "lowrank", rank=9)
 
 
 def random_rotation(generator, d):
@@ -191,7 +192,7 @@ def test_rotation_removes_a_shared_orientation():
     generator = torch.Generator().manual_seed(2)
     R = random_rotation(generator, 4)
     cov = R @ random_diagonals(generator, 40, 4) @ R.T
-    result = gaps.rotation_diagnostic(cov)
+    result = rotation.rotation_diagnostic(cov)
     assert result["total_correlation"] > 0.1 and result["diag_reverse_kl"] > 0.1
     for key in ("total_correlation", "diag_reverse_kl"):
         assert abs(result[f"{key}_rotated_mean_cov"]) < 1e-9
@@ -202,7 +203,7 @@ def test_rotation_cannot_remove_different_orientations():
     generator = torch.Generator().manual_seed(3)
     rotations = torch.stack([random_rotation(generator, 4) for _ in range(40)])
     cov = rotations @ random_diagonals(generator, 40, 4) @ rotations.transpose(-1, -2)
-    result = gaps.rotation_diagnostic(cov)
+    result = rotation.rotation_diagnostic(cov)
     assert result["total_correlation_rotated_joint"] > 0.1
     assert result["total_correlation_rotated_joint"] <= result["total_correlation_rotated_mean_cov"] + 1e-9
 
@@ -217,19 +218,17 @@ def test_diagonal_reverse_kl_is_the_smallest_kl_from_a_diagonal_gaussian():
         return kl_divergence(MultivariateNormal(torch.zeros(4, dtype=DTYPE), torch.diag_embed(variances)), target)
 
     best = 1 / torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1)
-    assert torch.allclose(gaps.diagonal_reverse_kl(cov), kl_from_diagonal(best))
+    assert torch.allclose(rotation.diagonal_reverse_kl(cov), kl_from_diagonal(best))
     for factor in (0.9, 1.1):
         assert (kl_from_diagonal(best * factor) > kl_from_diagonal(best)).all()
     # and the forward direction against q's own variances
     marginals = MultivariateNormal(torch.zeros(4, dtype=DTYPE), torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1)))
-    assert torch.allclose(gaps.total_correlation(cov), kl_divergence(target, marginals))
+    assert torch.allclose(rotation.total_correlation(cov), kl_divergence(target, marginals))
 
 
 @pytest.fixture(scope="module")
 def trained_vae(real_data):
     """A tiny Bernoulli VAE (784-64-4, diag) trained for 300 steps on 2000 real MNIST images."""
-    from vae_compare.data import cpu_bernoulli, read_images
-
     images = read_images(MNIST, "train")[:2000]
     torch.manual_seed(0)
     model = make_vae(4, [64], "relu", "diag")
@@ -246,7 +245,7 @@ def trained_vae(real_data):
 
 def test_amortization_gap_of_a_trained_vae(trained_vae):
     model, test_images = trained_vae
-    settings = gaps.GapsConfig(images=32, families=["diag", "cholesky"], elbo_samples=200, iwae_samples=500)
+    settings = GapsConfig(images=32, families=["diag", "cholesky"], elbo_samples=200, iwae_samples=500)
     result = gaps.model_gaps(model, test_images, settings)
     assert all(parameter.requires_grad for parameter in model.parameters())
     rows = {row["family"]: row for row in result["rows"]}

@@ -12,7 +12,7 @@ import pytest
 from vae_compare import UserError
 from vae_compare.lock import LOCK_FILE, Locked, check_free, hold, take
 from vae_compare.report import build_report
-from vae_compare.report.collect import find_runs
+from vae_compare.rundir import find_runs
 
 HOLDER = f"pid {os.getpid()} on host {socket.gethostname()}"
 

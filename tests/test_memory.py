@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vae_compare import UserError
-from vae_compare.cli import compose
+from vae_compare.config import compose
 from vae_compare.memory import check_fits, estimate, total
 from vae_compare.model import build_model
 from vae_compare.train import make_optimizer, train_step

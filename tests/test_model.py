@@ -4,7 +4,7 @@ they have in common (issue: a fair comparison)."""
 import pytest
 import torch
 
-from vae_compare.cli import compose
+from vae_compare.config import compose
 from vae_compare.model import build_model, vae_config
 from vae_compare.posteriors import Noise
 

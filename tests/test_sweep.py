@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import CLI, TINY, run_cli, start_cli
-from vae_compare.cli import compose
+from vae_compare.config import compose
 from vae_compare.model import vae_config
 
 pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]

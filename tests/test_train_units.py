@@ -83,7 +83,7 @@ FAMILY_SETTINGS = {"diag": [], "cholesky": ["family=cholesky"], "lowrank": ["fam
 @pytest.mark.parametrize("family", FAMILY_SETTINGS)
 def test_noise_drawn_ahead_gives_the_eager_forward(family):
     """train.compile draws the noise outside the compiled graph: same generators, same draws, same terms."""
-    from vae_compare.cli import compose
+    from vae_compare.config import compose
     from vae_compare.model import build_model
     from vae_compare.posteriors import Noise
 
@@ -98,7 +98,7 @@ def test_noise_drawn_ahead_gives_the_eager_forward(family):
 
 def tiny_run(tmp_path, *overrides):
     from conftest import TINY
-    from vae_compare.cli import compose
+    from vae_compare.config import compose
     from vae_compare.train import Run
 
     tiny = [o for o in TINY if not o.startswith("train.threads")]
@@ -213,7 +213,7 @@ def test_adam_settings_reach_the_optimizer(tmp_path, real_data):
 
 def test_adam_beta1_must_be_below_one():
     from vae_compare import UserError
-    from vae_compare.cli import compose
+    from vae_compare.config import compose
     from vae_compare.config import validate
 
     with pytest.raises(UserError, match="train.adam_beta1 must be a number < 1"):
@@ -222,7 +222,7 @@ def test_adam_beta1_must_be_below_one():
 
 def test_burda2016_preset_trains_on_the_first_59600_images(real_data):
     from conftest import MNIST
-    from vae_compare.cli import compose
+    from vae_compare.config import compose
     from vae_compare.data import load_training, read_images
 
     cfg = compose(["experiment=burda2016", f"data.root={MNIST}"])
@@ -237,7 +237,7 @@ def test_burda2016_preset_trains_on_the_first_59600_images(real_data):
 @pytest.mark.slow  # compiles with inductor: tens of seconds
 def test_compiled_step_matches_the_eager_step():
     """train.compile: the same noise draws and, to float rounding, the same loss, terms and update."""
-    from vae_compare.cli import compose
+    from vae_compare.config import compose
     from vae_compare.model import build_model
     from vae_compare.posteriors import Noise
     from vae_compare.train import compiled_loss_terms, make_optimizer, train_step

@@ -5,9 +5,11 @@
     vae-compare gaps FOLDER [gaps.<key>=...]     approximation and amortization gaps of finished runs
     vae-compare report FOLDER                    summarize every run below FOLDER
 
-Hydra owns sys.argv, so the subcommand word is removed before Hydra sees the arguments; Hydra's own flags
-pass through untouched. Every override is composed and checked before any job starts, so bad input is one
-line, not a traceback.
+Hydra owns sys.argv, so the subcommand word is removed and the arguments are handed to the Hydra app
+(`hydra.main`), which parses them itself. For a run or a sweep (overrides, with -m for a sweep) every job's
+config is first composed through Hydra's compose API and checked, before any job starts, so bad input is one
+line, not a traceback. Any other of Hydra's flags (--help, --hydra-help, --cfg, --info, -cd, ...) is Hydra's
+alone: the arguments then go to Hydra as given, without those checks.
 """
 
 import argparse
@@ -15,7 +17,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,13 +24,20 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 
-from vae_compare import UserError, data, lock
-from vae_compare.config import type_name, validate
+from vae_compare import UserError, data, lock, sweep
+from vae_compare.config import EVALUATE_KEYS, GAPS_RUN_KEYS, GapsConfig, compose, type_name, validate
 from vae_compare.export import CHECKPOINT, FAILED_FILE, check_writable
+from vae_compare.finish import evaluate_run
+from vae_compare.gaps_command import gaps_main
+from vae_compare.memory import check_fits
+from vae_compare.report import main as report_main
+from vae_compare.runtime import flush_denormals, job_threads, joblib_workers, pick_device
+from vae_compare.train import Diverged, Interrupted, train
 
 USAGE = __doc__.split("\n\n")[1] + """
 
@@ -41,7 +49,8 @@ Examples:
   vae-compare train --help                    config groups and every option
 """
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_FAILED_JOBS = 2, 3, 1
-DEFAULT_THREADS = torch.get_num_threads()
+# Hydra's flags for the mode of a run, the only ones the dispatcher reads: a single run or a sweep.
+MODE_FLAGS = {"-r": False, "--run": False, "-m": True, "--multirun": True}
 
 
 def fail(message, code=EXIT_USER_ERROR):
@@ -68,22 +77,12 @@ def hydra_error_line(error):
 
 def job_overrides(overrides, multirun):
     """The override list of every job the command would run: the product of every sweep's values."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(overrides)
     if not multirun:
         return [overrides]
     values = [[f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override()
               else [o.input_line] for o in parsed]
     return [list(job) for job in itertools.product(*values)]
-
-
-def compose(overrides, with_hydra=False):
-    """The config Hydra would give a job with these overrides (with its `hydra` node if asked)."""
-    from hydra import compose as hydra_compose, initialize_config_module
-
-    with initialize_config_module(config_module="vae_compare.conf", version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def check_overrides(overrides, multirun):
@@ -121,21 +120,15 @@ def check_overrides(overrides, multirun):
 def check_memory(cfg):
     """The memory estimate against the job's device, before anything is built (train() checks again when the
     job starts, against what is free then)."""
-    from vae_compare.memory import check_fits
-    from vae_compare.train import pick_device
-
     check_fits(cfg, pick_device(cfg.device))
 
 
-def joblib_workers(configs, overrides):
+def joblib_n_jobs(configs, overrides):
     """With the joblib launcher, an explicit hydra.launcher.n_jobs: no more workers than jobs, so that
-    torch_threads gives each job cores / workers threads. None for other launchers or when the user set it."""
-    launcher = configs[0].hydra.launcher
-    if "joblib" not in str(launcher.get("_target_", "")).lower() or any(
-            o.startswith("hydra.launcher.n_jobs=") for o in overrides):
+    runtime.job_threads gives each job cores / workers threads. None for other launchers or when the user set it."""
+    workers = joblib_workers(configs[0].hydra.launcher)
+    if workers is None or any(o.startswith("hydra.launcher.n_jobs=") for o in overrides):
         return None
-    cores = os.cpu_count() or 1
-    workers = launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs
     return max(1, min(workers, len(configs)))
 
 
@@ -156,19 +149,6 @@ def resume_overrides(overrides):
 
 
 # ---- the Hydra app -------------------------------------------------------------------------------
-def torch_threads(cfg):
-    """train.threads; under the joblib launcher cores / workers, so jobs do not oversubscribe; else torch's
-    default (set every time: the basic launcher runs every job in this one process)."""
-    if cfg.train.threads is not None:
-        return cfg.train.threads
-    launcher = HydraConfig.get().launcher
-    if "joblib" not in str(launcher.get("_target_", "")).lower():
-        return DEFAULT_THREADS
-    cores = os.cpu_count() or 1
-    workers = launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs
-    return max(1, cores // max(1, workers))
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_train(cfg: DictConfig):
     hydra_cfg = HydraConfig.get()
@@ -189,13 +169,12 @@ def hydra_train(cfg: DictConfig):
 
 
 def run_job(cfg, folder, multirun, overrides):
-    from vae_compare.train import Diverged, Interrupted, flush_denormals, train
-
     (folder / FAILED_FILE).unlink(missing_ok=True)
     try:
         validate(cfg)
         flush_denormals()  # a joblib worker process does not pass through main()
-        torch.set_num_threads(torch_threads(cfg))
+        # set for every job: the basic launcher runs every job of a sweep in this one process
+        torch.set_num_threads(job_threads(cfg.train.threads, HydraConfig.get().launcher))
         train(cfg, folder, get_console())
     except Interrupted as interrupt:
         print(f"vae-compare: interrupted; checkpoint saved. Resume with: vae-compare train resume={folder}",
@@ -241,47 +220,26 @@ def remove_if_empty(folder):
         pass
 
 
-def hydra_flags():
-    """Hydra's own command-line flags, mirrored so the dispatcher can tell flags (and their values) from
-    overrides without reordering anything."""
-    parser = argparse.ArgumentParser(prog="vae-compare train", add_help=False, exit_on_error=False)
-    parser.add_argument("overrides", nargs="*")
-    for flags in (("-h", "--help"), ("--hydra-help",), ("--version",), ("--resolve",), ("-r", "--run"),
-                  ("-m", "--multirun"), ("--experimental-rerun",)):
-        parser.add_argument(*flags, action="store_true" if flags[0] != "--experimental-rerun" else "store")
-    for flags in (("-c", "--cfg"), ("-p", "--package"), ("-cp", "--config-path"), ("-cn", "--config-name"),
-                  ("-cd", "--config-dir"), ("-sc", "--shell-completion")):
-        parser.add_argument(*flags)
-    parser.add_argument("-i", "--info", nargs="?", const="all")
-    return parser
-
-
 def train_command(args):
-    try:
-        options = hydra_flags().parse_intermixed_args(args)
-    except argparse.ArgumentError as error:
-        fail(str(error))
-    wants_help = options.help or options.hydra_help or options.version or options.cfg or options.info \
-        or options.shell_completion
-    if not wants_help:
-        overrides = resume_overrides(options.overrides)
-        configs = check_overrides(overrides, options.multirun)
-        workers = joblib_workers(configs, overrides) if options.multirun else None
+    """`vae-compare train`: with only overrides (and Hydra's mode flags), every job is checked first and a single
+    run holds its folder before Hydra writes into it; with any other of Hydra's flags the arguments go to Hydra
+    as given."""
+    flags = [arg for arg in args if arg.startswith("-")]  # an override never starts with "-"
+    folder = None
+    if all(flag in MODE_FLAGS for flag in flags):
+        multirun = any(MODE_FLAGS[flag] for flag in flags)
+        overrides = resume_overrides([arg for arg in args if not arg.startswith("-")])
+        configs = check_overrides(overrides, multirun)
+        workers = joblib_n_jobs(configs, overrides) if multirun else None
         if workers is not None:
             overrides = overrides + [f"hydra.launcher.n_jobs={workers}"]
-        flags = list(args)
-        for override in options.overrides:  # the flags stay in place; the overrides go last
-            flags.remove(override)
-        args = flags + overrides
-    folder = None
-    if not wants_help and not options.multirun:
-        folder = Path(configs[0].hydra.run.dir)
-        if not any(o.startswith("hydra.run.dir=") for o in args):
-            # the default folder name holds the time: pin the one composed here, which is the one locked
-            args = args + [f"hydra.run.dir={folder}"]
+        if not multirun:
+            folder = Path(configs[0].hydra.run.dir)
+            if not any(o.startswith("hydra.run.dir=") for o in overrides):
+                # the default folder name holds the time: pin the one composed here, which is the one locked
+                overrides = overrides + [f"hydra.run.dir={folder}"]
+        args = flags + overrides  # Hydra reads the overrides as one list after its flags
     sys.argv = ["vae-compare train", *args]
-    from vae_compare import sweep
-
     # a single run holds its folder from before Hydra writes .hydra/ into it until the process ends
     with lock.hold(folder) if folder is not None else contextlib.nullcontext():
         hydra_train()
@@ -302,9 +260,6 @@ def folder_and_overrides(args, prog, description, folder_metavar, folder_help, o
 
 
 def evaluate_command(args):
-    from vae_compare.config import EVALUATE_KEYS
-    from vae_compare.finish import evaluate_run
-
     folder, overrides = folder_and_overrides(
         args, "vae-compare evaluate", "Re-evaluate a finished run's best weights without retraining.", "RUN_FOLDER",
         None, f"any of: {', '.join(sorted(EVALUATE_KEYS))} (e.g. eval.iwae_samples=5000)")
@@ -312,22 +267,17 @@ def evaluate_command(args):
 
 
 def gaps_command(args):
-    from vae_compare.config import GapsConfig
-    from vae_compare.gaps import RUN_KEYS, gaps_main
-
     keys = ", ".join(f"gaps.{item.name}" for item in dataclasses.fields(GapsConfig))
     folder, overrides = folder_and_overrides(
         args, "vae-compare gaps",
         "Approximation and amortization gaps (Cremer et al. 2018) of every finished run at or below FOLDER, decoder "
         "frozen; writes gaps.csv and gaps.json into each run. Runs measured with the same settings are skipped.",
         "FOLDER", "a run, sweep or outputs folder",
-        f"any of: {keys}, {', '.join(RUN_KEYS)} (e.g. gaps.images=200 'gaps.families=[diag,cholesky]')")
+        f"any of: {keys}, {', '.join(GAPS_RUN_KEYS)} (e.g. gaps.images=200 'gaps.families=[diag,cholesky]')")
     gaps_main(folder, overrides, get_console())
 
 
 def report_command(args):
-    from vae_compare.report import main as report_main
-
     report_main(args)
 
 
@@ -335,8 +285,7 @@ COMMANDS = {"train": train_command, "evaluate": evaluate_command, "gaps": gaps_c
 
 
 def main(argv=None):
-    # vae_compare.train.flush_denormals, here before any parallel torch work starts OpenMP's threads
-    torch.set_flush_denormal(True)
+    flush_denormals()  # before any parallel torch work starts OpenMP's threads
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

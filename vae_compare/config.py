@@ -10,6 +10,10 @@ A key's role says what it changes:
     eval     only the final evaluation: may differ when a run is resumed or re-evaluated
     runtime  nothing in the results (paths, devices, threads, logging intervals): left out of all of the above
     gaps     `vae-compare gaps` (GapsConfig): read by that command only, given on its command line as gaps.<key>=...
+
+Every config is made here: a job's by Hydra's compose API (`compose`), a finished run's from its folder with a
+command's overrides (`run_config`), the gaps command's settings (`gaps_settings`), and a resumed run is checked
+against its saved config here (`check_same_config`).
 """
 
 import dataclasses
@@ -19,6 +23,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -154,7 +160,7 @@ ConfigStore.instance().store(name="schema", node=Config)
 class GapsConfig:
     """`vae-compare gaps RUN_FOLDER gaps.<key>=...`: the inference gaps of a trained run (vae_compare/gaps.py).
     Not part of a run's training config: the run's own config comes from its folder. The defaults were
-    measured on the default model (README "Inference gaps")."""
+    measured on the default model (docs/inference-gaps.md)."""
 
     # the first this-many test images (a fixed subset: the same images for every run)
     images: int = key(1000, GAPS, minimum=1)
@@ -222,6 +228,8 @@ RESUMABLE_KEYS = set(keys_with_role(EVAL, RUNTIME))
 RUNTIME_KEYS = set(keys_with_role(RUNTIME))
 # Keys `vae-compare evaluate` accepts.
 EVALUATE_KEYS = set(keys_with_role(EVAL)) | {"device", "data.root", "eval.chunk_size"}
+# The keys of a run's own config that `vae-compare gaps` may change: where the data is, where to compute.
+GAPS_RUN_KEYS = ("device", "data.root")
 
 
 # ---- checks types cannot express ------------------------------------------------------------------
@@ -267,13 +275,11 @@ def check_ranges(cfg, schema=Config, prefix=""):
 def validate(cfg: DictConfig) -> None:
     """Raise UserError naming the first value out of its range (types and choices are Hydra's checks)."""
     check_ranges(cfg)
-    family = FAMILIES[cfg.family.name]
-    rank_error = family.rank_error(cfg.latent_dim, cfg.family.rank)
-    _require(rank_error is None, rank_error)
+    # the family's own rules (its rank range, rank1sum's offdiag_scale > 0)
+    family_error = FAMILIES[cfg.family.name].config_error(cfg.family, cfg.latent_dim)
+    _require(family_error is None, family_error)
     _require(cfg.family.offdiag_init != "random" or cfg.family.offdiag_init_std > 0,
              "family.offdiag_init=random needs family.offdiag_init_std > 0 (with 0 it is the zero start)")
-    _require(cfg.family.name != "rank1sum" or cfg.family.offdiag_scale > 0,
-             "family.offdiag_scale must be > 0 for rank1sum (V is its whole covariance)")
     target = cfg.model.match_params
     if target is not None and FAMILIES[target].uses_rank:
         match_error = FAMILIES[target].rank_error(cfg.latent_dim, cfg.model.match_rank)
@@ -307,3 +313,59 @@ def hparams_of(cfg) -> dict:
     """Flat scalar hyperparameters for TensorBoard: every result and eval key, the same keys for every run."""
     flat = flatten(plain(cfg))
     return {name: "none" if flat.get(name) is None else flat[name] for name in RESULT_KEYS}
+
+
+# ---- making configs --------------------------------------------------------------------------------------
+def compose(overrides, with_hydra=False):
+    """The config Hydra would give a job with these overrides (with its `hydra` node if asked)."""
+    with initialize_config_module(config_module="vae_compare.conf", version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
+
+
+def merged(schema, bases, overrides, what):
+    """The schema's node with `bases` (configs) and then `overrides` (KEY=VALUE strings) merged on top;
+    UserError, one line, naming `what` was bad."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), *bases, OmegaConf.from_dotlist(list(overrides)))
+    except Exception as error:  # OmegaConf raises several types for unknown keys and bad values
+        raise UserError(f"bad {what}: {str(error).splitlines()[0]}") from None
+
+
+def run_config(folder, overrides, command="evaluate"):
+    """A finished run's own config (FOLDER/.hydra/config.yaml) with `command`'s overrides applied (only
+    EVALUATE_KEYS may change), checked against the schema."""
+    for override in overrides:
+        name = override.split("=", 1)[0]
+        if "=" not in override or name not in EVALUATE_KEYS:
+            raise UserError(f"{command} takes only {', '.join(sorted(EVALUATE_KEYS))} overrides, got {override!r}")
+    cfg = merged(Config, [OmegaConf.load(folder / ".hydra" / "config.yaml")], overrides, "override")
+    validate(cfg)
+    return cfg
+
+
+def gaps_settings(overrides):
+    """(GapsConfig node, overrides of the run's own config) from `gaps.<key>=value` and GAPS_RUN_KEYS overrides;
+    UserError, one line, for anything else or a value out of range."""
+    gaps_values, run_values = [], []
+    for override in overrides:
+        name = override.split("=", 1)[0]
+        if "=" in override and name.startswith("gaps."):
+            gaps_values.append(override[len("gaps."):])
+        elif "=" in override and name in GAPS_RUN_KEYS:
+            run_values.append(override)
+        else:
+            raise UserError(f"gaps takes gaps.<key>=value and {', '.join(GAPS_RUN_KEYS)} overrides, got {override!r} "
+                            f"(keys: {', '.join('gaps.' + item.name for item in dataclasses.fields(GapsConfig))})")
+    settings = merged(GapsConfig, [], gaps_values, "gaps override")
+    check_ranges(OmegaConf.create({"gaps": settings}), GapsConfig, "gaps.")
+    return settings, run_values
+
+
+def check_same_config(path, saved: dict, current: dict) -> None:
+    """A resumed run must continue the same experiment: only runtime and evaluation keys may differ
+    (the final evaluation can be redone)."""
+    saved, current = flatten(saved), flatten(current)
+    for key in sorted(set(saved) | set(current)):
+        if key not in RESUMABLE_KEYS and saved.get(key) != current.get(key):
+            raise UserError(f"{path} was trained with {key}={saved.get(key)!r}, this run has {current.get(key)!r}; "
+                            f"resume with the run's own settings (vae-compare train resume=<run folder>)")

@@ -1,38 +1,30 @@
-"""Evaluation of a trained VAE: ELBO terms, importance-sampled log p(x), active units, posterior diagnostics."""
+"""Evaluation of a trained VAE: the ELBO, importance-sampled log p(x), active units, posterior diagnostics.
+
+One implementation per quantity, for any model with a standard-normal prior given as `log_likelihood(x, z)`,
+log p(x|z) for images x of shape (B, ...) and z of shape (S, B, d), giving (S, B) (VAE.log_likelihood has this
+form), and a posterior q with the families' interface. Training's validation ELBO, the final evaluation and the
+gaps command's estimates all go through `elbo_draws` and `log_weight_chunks`.
+"""
 
 import math
-import time
 
 import torch
-from rich.progress import Progress
 from torch import nn
 
 from vae_compare.posteriors import LOG_2PI, Noise
-
-
-@torch.no_grad()
-def elbo_terms(model, split, batch_size=1000):
-    """Mean per-image ELBO, KL and reconstruction term (-log p(x|z), one sample) over a split, in nats.
-
-    Sums stay on the device; one host sync at the end.
-    """
-    sums = torch.zeros(2, device=split.pixels.device)
-    for batch in split.batches(batch_size):
-        recon, kl = model(batch)
-        sums += torch.stack((recon.sum(), kl.sum()))
-    recon, kl = (sums / len(split)).tolist()
-    return {"elbo": -(recon + kl), "kl": kl, "recon": recon}
-
+from vae_compare.runtime import Clock
 
 # Floats in the decoder's widest activation per call when chunk_size is None. On a GPU, 2^24 float32
 # values (64 MiB per tensor) keep the device busy. On a CPU the elementwise passes (log-sigmoid, ReLU)
 # must stay in cache: 2^20 (4 MiB) ran the IWAE pass at 79% of the matmul rate against 48% with 2^24
-# (scripts/bench.py, README "Speed").
+# (scripts/bench.py, docs/speed.md).
 DECODER_ELEMENT_BUDGET = {"cuda": 2 ** 24, "cpu": 2 ** 20}
 IWAE_BATCH_SIZE = 100
 # The condition number is computed on the first this-many images only: an eigendecomposition per image
 # of a 10000-image test set costs more than it tells, and the median over 2000 images is stable.
 CONDITION_NUMBER_IMAGES = 2000
+# k of the IWAE convergence curve (beside the run's own k), on eval.k_curve_images test images.
+K_CURVE = (1, 10, 100, 1000)
 
 
 def standard_normal_log_prob(z):
@@ -47,38 +39,121 @@ def default_chunk_size(model, batch_size, device):
     return max(1, budget // (batch_size * widest))
 
 
-def log_weight_chunks(model, x, num_samples, chunk_size, noise=None):
-    """Importance log-weights log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x), for a batch of images, in
-    chunks of shape (samples, images) that add up to num_samples samples."""
-    q = model.posterior(x)
-    for start in range(0, num_samples, chunk_size):
-        z, log_q = q.rsample_and_log_prob(min(chunk_size, num_samples - start), noise)
-        yield model.log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
+def sample_calls(samples, samples_per_call):
+    """Sizes of the successive sample chunks that make up `samples`."""
+    return [min(samples_per_call, samples - first) for first in range(0, samples, samples_per_call)]
+
+
+# ---- the ELBO --------------------------------------------------------------------------------------------
+def elbo_draws(log_likelihood, x, q, samples, samples_per_call=None, noise=None):
+    """The ELBO of q on images x by Monte Carlo: log p(x|z_s) for `samples` reparameterised draws z_s ~ q, as
+    chunks of shape (count, B) with count <= samples_per_call (one chunk without it), and KL(q || N(0, I)), (B,):
+
+        ELBO = E_q[log p(x|z)] - KL(q || N(0, I))  ~  mean over s of log p(x|z_s) - KL
+
+    Every family has the KL to the standard-normal prior in closed form, so only the likelihood term is sampled:
+    lower variance than sampling log p(x, z) - log q(z) as a whole."""
+    chunks = [log_likelihood(x, q.rsample(count, noise)) for count in sample_calls(samples, samples_per_call or samples)]
+    return chunks, q.kl_to_standard_normal()
+
+
+def elbo(log_likelihood, x, q, samples=1, noise=None):
+    """Per-image ELBO estimate (B,) from `samples` draws in one decoder call, in q's dtype and differentiable
+    (q*'s objective)."""
+    (draws,), kl = elbo_draws(log_likelihood, x, q, samples, noise=noise)
+    return draws.mean(0) - kl
 
 
 @torch.no_grad()
-def iwae_log_px(model, split, num_samples, chunk_size=None, batch_size=None, show_progress=False, noise=None):
-    """Per-image importance-sampled estimate of log p(x) in nats (Burda et al. 2016), shape (N,).
+def elbo_terms(model, split, batch_size=1000):
+    """Mean per-image ELBO, KL and reconstruction term (-log p(x|z), one sample) over a split, in nats.
 
-    log p(x) ~ log (1/k) sum_s p(x|z_s) p(z_s) / q(z_s|x), with z_s ~ q(z|x). The k samples are drawn
-    chunk_size at a time and folded into a running logsumexp, so memory does not grow with k.
+    The noise comes from torch's global RNG (training seeds and checkpoints it). Sums stay on the device; one
+    host sync at the end.
     """
+    sums = torch.zeros(2, device=split.pixels.device)
+    for batch in split.batches(batch_size):
+        (draws,), kl = elbo_draws(model.log_likelihood, batch, model.posterior(batch), 1)
+        sums += torch.stack(((-draws).sum(), kl.sum()))
+    recon, kl = (sums / len(split)).tolist()
+    return {"elbo": -(recon + kl), "kl": kl, "recon": recon}
+
+
+@torch.no_grad()
+def elbo_estimate(log_likelihood, x, posterior, samples, samples_per_call=16, batch_images=100, noise=None,
+                  progress=None, stage="ELBO"):
+    """Per-image ELBO of q = posterior(rows) on the images x[rows], from `samples` draws each, and its Monte Carlo
+    standard error (sd of log p(x|z_s) / sqrt(samples)): two (N,) float64 tensors.
+
+    Give every posterior compared a fresh Noise of one seed: they then draw the same standard-normal noise
+    (common random numbers), so the difference of two ELBOs, the amortization gap, does not carry two independent
+    sampling errors. `progress(stage, done, total)`, if given, is called after each batch of images.
+    """
+    elbos, stderrs = [], []
+    for first in range(0, len(x), batch_images):
+        rows = slice(first, first + batch_images)
+        draws, kl = elbo_draws(log_likelihood, x[rows], posterior(rows), samples, samples_per_call, noise)
+        total = torch.zeros(kl.shape[0], dtype=torch.float64, device=x.device)
+        total_squares = torch.zeros_like(total)
+        for value in draws:
+            value = value.double()
+            total += value.sum(0)
+            total_squares += value.square().sum(0)
+        mean = total / samples
+        # float64 sums: the variance of values near -100 nats by E[v^2] - E[v]^2 keeps ~10 digits
+        variance = (total_squares / samples - mean.square()).clamp_min(0) * samples / max(samples - 1, 1)
+        elbos.append(mean - kl.double())
+        stderrs.append((variance / samples).sqrt())
+        if progress:
+            progress(stage, min(first + batch_images, len(x)), len(x))
+    return torch.cat(elbos), torch.cat(stderrs)
+
+
+# ---- log p(x) by importance sampling ---------------------------------------------------------------------
+def log_weight_chunks(log_likelihood, x, q, samples, samples_per_call, noise=None):
+    """Importance log-weights log p(x|z) + log N(z; 0, I) - log q(z), z ~ q, for a batch of images x, in
+    chunks of shape (count, B) that add up to `samples` samples."""
+    for count in sample_calls(samples, samples_per_call):
+        z, log_q = q.rsample_and_log_prob(count, noise)
+        yield log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
+
+
+def iwae_batch(log_likelihood, x, q, samples, samples_per_call, noise=None):
+    """log p(x) ~ log (1/k) sum_s p(x|z_s) N(z_s; 0, I) / q(z_s) with z_s ~ q, for one batch of images: (B,).
+
+    The k samples are drawn samples_per_call at a time and folded into a running logsumexp, so memory does not
+    grow with k."""
+    # -inf is logsumexp's identity, so the first chunk needs no special case
+    log_sum_w = torch.full((x.shape[0],), -math.inf, dtype=q.mean.dtype, device=x.device)
+    for log_w in log_weight_chunks(log_likelihood, x, q, samples, samples_per_call, noise):
+        log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
+    return log_sum_w - math.log(samples)
+
+
+@torch.no_grad()
+def importance_log_px(log_likelihood, x, posterior, samples, samples_per_call, batch_images=IWAE_BATCH_SIZE,
+                      noise=None, progress=None):
+    """Per-image IWAE estimate of log p(x) (Burda et al. 2016) with q = posterior(rows) as the proposal for the
+    images x[rows], shape (N,). `progress(stage, done, total)`, if given, is called after each batch."""
+    estimates = []
+    for first in range(0, len(x), batch_images):
+        rows = slice(first, first + batch_images)
+        estimates.append(iwae_batch(log_likelihood, x[rows], posterior(rows), samples, samples_per_call, noise))
+        if progress:
+            progress(f"log p(x), k={samples}", min(first + batch_images, len(x)), len(x))
+    return torch.cat(estimates)
+
+
+def iwae_log_px(model, split, num_samples, chunk_size=None, batch_size=None, noise=None, progress=None):
+    """Per-image importance-sampled estimate of log p(x) in nats with the model's own q(z|x) as the proposal,
+    shape (N,): importance_log_px, chunk_size samples per decoder call (default_chunk_size without it)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     batch_size = batch_size or IWAE_BATCH_SIZE
     chunk_size = chunk_size or default_chunk_size(model, batch_size, split.pixels.device)
-    estimates = []
-    # a disabled Progress draws nothing, so one code path serves both cases
-    with Progress(transient=False, disable=not show_progress) as progress:
-        task = progress.add_task(f"log p(x), k={num_samples}", total=len(split))
-        for x in split.batches(batch_size):
-            # -inf is logsumexp's identity, so the first chunk needs no special case
-            log_sum_w = torch.full((x.shape[0],), -math.inf, dtype=split.pixels.dtype, device=x.device)
-            for log_w in log_weight_chunks(model, x, num_samples, chunk_size, noise):
-                log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
-            estimates.append(log_sum_w - math.log(num_samples))
-            progress.advance(task, x.shape[0])
-    return torch.cat(estimates)
+    x = split.pixels
+    return importance_log_px(model.log_likelihood, x, lambda rows: model.posterior(x[rows]), num_samples, chunk_size,
+                             batch_size, noise, progress)
 
 
 @torch.no_grad()
@@ -90,12 +165,14 @@ def k_curve(model, split, ks, chunk_size=None, batch_size=None, noise=None):
     chunk_size = chunk_size or default_chunk_size(model, batch_size, split.pixels.device)
     sums = dict.fromkeys(ks, 0.0)
     for x in split.batches(batch_size):
-        log_w = torch.cat(list(log_weight_chunks(model, x, largest, chunk_size, noise))).double()
+        chunks = log_weight_chunks(model.log_likelihood, x, model.posterior(x), largest, chunk_size, noise)
+        log_w = torch.cat(list(chunks)).double()
         for k in ks:
             sums[k] += (torch.logsumexp(log_w[:k], 0) - math.log(k)).sum().item()
     return {k: total / len(split) for k, total in sums.items()}
 
 
+# ---- summaries and diagnostics ---------------------------------------------------------------------------
 def summarize_log_px(values):
     """(mean, standard error of the mean) of per-image log p(x) estimates, as Python floats."""
     values = values.double()
@@ -103,6 +180,12 @@ def summarize_log_px(values):
     # the sample standard deviation (N - 1) is undefined for one image; report no spread then
     stderr = values.std() / math.sqrt(count) if count > 1 else values.new_zeros(())
     return values.mean().item(), stderr.item()
+
+
+def mean_and_stderr(prefix, values):
+    """{prefix: mean over images, prefix_stderr: standard error of that mean} for per-image values (N,)."""
+    mean, stderr = summarize_log_px(values)
+    return {prefix: mean, f"{prefix}_stderr": stderr}
 
 
 @torch.no_grad()
@@ -169,31 +252,21 @@ def posterior_diagnostics(model, split, batch_size=1000):
             "condition_number": torch.cat(condition_numbers).median().item()}
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# k of the IWAE convergence curve (beside the run's own k), on eval.k_curve_images test images.
-K_CURVE = (1, 10, 100, 1000)
-
-
-def final_metrics(model, split, eval_cfg, batch_size=1000, show_progress=False, seed=0):
+def final_metrics(model, split, eval_cfg, batch_size=1000, progress=None, seed=0):
     """All test-set numbers of a finished run, as a flat dict of Python floats and ints.
 
     batch_size applies to the single-pass evaluations; the IWAE pass picks its own image batch so that
     eval_cfg.chunk_size keeps meaning "samples per decoder call per IWAE_BATCH_SIZE images". The noise comes
     from generators seeded by `seed`, so two families evaluated at one seed share their first-d noise.
+    `progress(stage, done, total)`, if given, follows the IWAE pass.
     """
     device = split.pixels.device
     metrics = elbo_terms(model, split, batch_size)
-    # sync first so queued work from before is not billed to the IWAE pass
-    synchronize(device)
-    start = time.perf_counter()
+    # the clock waits for queued work first, so work from before is not billed to the IWAE pass
+    clock = Clock(device)
     log_px = iwae_log_px(model, split, eval_cfg.iwae_samples, chunk_size=eval_cfg.chunk_size,
-                         show_progress=show_progress, noise=Noise(seed, device))
-    synchronize(device)
-    iwae_seconds = time.perf_counter() - start
+                         noise=Noise(seed, device), progress=progress)
+    iwae_seconds = clock.lap()
     metrics["log_px"], metrics["log_px_stderr"] = summarize_log_px(log_px)
     metrics["iwae_samples"] = int(eval_cfg.iwae_samples)
     metrics["iwae_seconds"] = iwae_seconds

@@ -1,7 +1,8 @@
-"""Result files of a run: atomic writes, metrics.csv, params.csv, summary.json, TensorBoard.
+"""Result files of a run: their names, atomic writes, CSV, JSON, torch files, params.csv's row, TensorBoard.
 
 Every file is written whole to a temporary name, fsynced and renamed, so a kill at any instant leaves
-either the previous version or the new one, never half of one.
+either the previous version or the new one, never half of one. What a run folder holds and how it is read
+back is rundir.py's.
 """
 
 import csv
@@ -22,6 +23,8 @@ POSTERIOR_SAMPLE = "posterior_sample.pt"
 ELLIPSES_PNG, CORRELATIONS_PNG = "posterior_ellipses.png", "posterior_correlations.png"
 # A sweep job that failed leaves this file (its overrides and the error) instead of a summary.
 FAILED_FILE = "failed.txt"
+# `vae-compare gaps`: the gaps per q* (gaps.csv) and the whole measurement (gaps.json, written last).
+GAPS_JSON, GAPS_CSV = "gaps.json", "gaps.csv"
 UMASK = os.umask(0)
 os.umask(UMASK)
 # The temporary file of the write in progress, so that an exit that skips cleanup (a second Ctrl-C) can remove it.
@@ -112,16 +115,6 @@ def load_torch(path: Path):
         raise UserError(f"{path} is not a readable vae-compare checkpoint ({type(error).__name__})") from None
 
 
-def read_summary(folder: Path):
-    """summary.json of a finished run, or None."""
-    path = Path(folder) / SUMMARY_FILE
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("status") == "complete" else None
-
-
 def params_row(cfg, model):
     """The parameter-count table row of one run. head_outputs is the built layer's width; head_formula is the
     family's closed form in d and k, written apart from the code that splits the head, so the two check each other."""
@@ -151,6 +144,8 @@ class TensorBoard:
     """
 
     def __init__(self, folder: Path):
+        # tensorboard's modules are imported here, by the processes that write events, not by every import of
+        # the package (the report and the tests of the math do without them)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(folder))

@@ -7,14 +7,17 @@ finished run (e.g. with more importance samples) without retraining and reads on
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
-from vae_compare import UserError, data, evaluate, export, lock, pictures
-from vae_compare.config import EVALUATE_KEYS, Config, flatten, hparams_of, plain, validate
-from vae_compare.export import BEST, FINAL_FILE, load_torch, read_summary
+from vae_compare import UserError, data, evaluate, export, lock, pictures, rundir
+from vae_compare.config import hparams_of, plain, run_config
+from vae_compare.export import BEST, FINAL_FILE
+from vae_compare.labels import run_label
 from vae_compare.model import build_model
+from vae_compare.progress import ProgressBars
+from vae_compare.runtime import pick_device
 
 # Final numbers shown in TensorBoard's HPARAMS tab: summary key -> column title there.
 HPARAM_METRICS = {"log_px": "test log p(x)", "elbo": "test ELBO", "kl": "test KL", "active_units": "active units",
@@ -34,7 +37,8 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
     model.eval()
     if cfg.eval.on_test:
         test_folder, test = data.load_test(cfg.data, device)
-        final = evaluate.final_metrics(model, test, cfg.eval, show_progress=True, seed=cfg.seed)
+        with Progress(transient=False) as bars:
+            final = evaluate.final_metrics(model, test, cfg.eval, progress=ProgressBars(bars), seed=cfg.seed)
     else:
         test_folder, final = data_folder, {}
     summary = {
@@ -73,7 +77,7 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
             tensorboard.figure("viz/" + Path(name).stem, pictures.png_array(png), step)
     finally:
         tensorboard.close()
-    export.write_json(folder / export.SUMMARY_FILE, summary)
+    rundir.write_summary(folder, summary)
     return summary
 
 
@@ -98,13 +102,6 @@ def posterior_figures(sample, images, label):
         export.CORRELATIONS_PNG: pictures.correlation_figure(sample["covariances"], label, images=images.cpu(),
                                                              count=CORRELATION_IMAGES),
     }
-
-
-def run_label(cfg):
-    """The run's family as the report names it, e.g. "lowrank(k=4)"."""
-    from vae_compare.report.collect import variant_label
-
-    return variant_label(flatten(plain(cfg)), [])
 
 
 def summary_rows(summary):
@@ -152,21 +149,6 @@ def summary_markdown(summary):
     return "\n".join([f"**{summary_title(summary)}**", "", "| metric | value |", "|---|---:|", *rows])
 
 
-def run_config(folder: Path, overrides):
-    """A finished run's own config with evaluation overrides applied, checked against the schema."""
-    for override in overrides:
-        name = override.split("=", 1)[0]
-        if "=" not in override or name not in EVALUATE_KEYS:
-            raise UserError(f"evaluate takes only {', '.join(sorted(EVALUATE_KEYS))} overrides, got {override!r}")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(folder / ".hydra" / "config.yaml"),
-                              OmegaConf.from_dotlist(list(overrides)))
-    except Exception as error:  # OmegaConf raises several types for bad values
-        raise UserError(f"bad override: {str(error).splitlines()[0]}") from None
-    validate(cfg)
-    return cfg
-
-
 def evaluate_run(folder: Path, overrides, console: Console):
     """`vae-compare evaluate`: re-evaluate a finished run's best weights without retraining."""
     folder = Path(folder).expanduser().resolve()
@@ -180,15 +162,13 @@ def evaluate_run(folder: Path, overrides, console: Console):
 
 def reevaluate(folder: Path, overrides):
     """The new summary of a finished run, its best weights evaluated with the overrides."""
-    from vae_compare.train import pick_device
-
-    summary = read_summary(folder)
+    summary = rundir.read_summary(folder)
     if summary is None:
         raise UserError(f"{folder} has not finished training; continue it with: vae-compare train resume={folder}")
     cfg = run_config(folder, overrides)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     model = build_model(cfg).to(device)
-    model.load_state_dict(load_torch(folder / BEST))
+    model.load_state_dict(rundir.load_best(folder))
     training = {key: summary[key] for key in ("best_epoch", "best_val_elbo", "seconds_per_epoch", "images_per_second")}
     return evaluate_and_write(folder, cfg, model, device, training)

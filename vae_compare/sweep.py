@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 
 from vae_compare import UserError
 from vae_compare.export import FAILED_FILE
+from vae_compare.report import build_report
 
 log = logging.getLogger(__name__)
 FAILED_JOBS = []
@@ -21,8 +22,6 @@ class SweepCallback(Callback):
         FAILED_JOBS.clear()
 
     def on_multirun_end(self, config, **kwargs):
-        from vae_compare.report import build_report
-
         sweep_dir = Path(config.hydra.sweep.dir)
         FAILED_JOBS.extend(path.read_text().strip() for path in sorted(sweep_dir.glob(f"*/{FAILED_FILE}")))
         try:

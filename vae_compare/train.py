@@ -18,11 +18,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vae_compare import UserError, checkpoint, data, evaluate, export, finish, memory
-from vae_compare.config import plain
-from vae_compare.export import BEST, CHECKPOINT, read_summary
+from vae_compare import UserError, data, evaluate, export, finish, memory, rundir
+from vae_compare.config import check_same_config, plain
+from vae_compare.export import BEST, CHECKPOINT
 from vae_compare.model import build_model
 from vae_compare.posteriors import Noise
+from vae_compare.runtime import pick_device, synchronize
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +78,6 @@ class SignalGuard:
             signal.signal(s, handler)
 
 
-def flush_denormals():
-    """Flush float32 denormals (nonzero magnitudes below 1.2e-38) to zero in CPU arithmetic.
-
-    Adam's first moments for weights fed by MNIST's rarely-lit edge pixels decay through the denormal range
-    after each rare gradient, and denormal arithmetic is many times slower on x86: a batch-20 run slowed by
-    1.2-1.4x after a few thousand steps (README, Speed). Results change only where a value would fall below
-    1.2e-38. The setting is per thread and OpenMP's worker threads copy it when they start, so this must run
-    before the first parallel torch operation of the process (the CLI calls it first thing)."""
-    torch.set_flush_denormal(True)
-
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
-    return torch.device(name)
-
-
 def learning_rate(train_cfg, epoch, val_elbos=()):
     """Learning rate of an epoch (0-based); the Burda schedule's stages are scaled to train.epochs. The plateau
     schedule replays the validation ELBOs of the epochs before (`val_elbos`), so it needs no state of its own."""
@@ -122,7 +104,7 @@ def plateau_rate(train_cfg, val_elbos):
 
 
 def make_optimizer(model, lr, eps=1e-8, beta1=0.9):
-    # fused: one kernel for all parameters; measured 4x faster per Adam step on the CPU (README, Speed)
+    # fused: one kernel for all parameters; measured 4x faster per Adam step on the CPU (docs/speed.md)
     return torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, 0.999), eps=eps, fused=True)
 
 
@@ -182,7 +164,7 @@ class Run:
         # epoch and step reached; mid_epoch holds the epoch's running sums when a signal stopped it mid-way
         self.epoch, self.step, self.mid_epoch = 0, 0, None
         if (folder / CHECKPOINT).exists():
-            self.restore(checkpoint.load(folder / CHECKPOINT, plain(cfg)))
+            self.restore(rundir.load_checkpoint(folder / CHECKPOINT, plain(cfg)))
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state(self):
@@ -206,7 +188,7 @@ class Run:
     def save_checkpoint(self):
         """The checkpoint first, then the files derived from it: a kill in between leaves them behind it,
         and the next start rewrites them from the checkpoint."""
-        checkpoint.save(self.folder / CHECKPOINT, self.state())
+        rundir.save_checkpoint(self.folder / CHECKPOINT, self.state())
         self.write_derived_files()
 
     def write_derived_files(self):
@@ -277,7 +259,7 @@ class Run:
                                   "generator": generator.get_state()}
                 self.save_checkpoint()
                 guard.check()
-        evaluate.synchronize(self.device)
+        synchronize(self.device)
         seconds = seconds_before + time.perf_counter() - started
         recon, kl = (sums / images).tolist()
         self.epoch, self.step, self.mid_epoch = self.epoch + 1, 0, None
@@ -365,9 +347,9 @@ def progress_columns():
 
 def train(cfg, folder: Path, console: Console):
     """Train (or continue) the run in `folder` and evaluate it; returns its summary."""
-    existing = read_summary(folder)
+    existing = rundir.read_summary(folder)
     if existing is not None:
-        checkpoint.check_same_config(folder / export.SUMMARY_FILE, existing["config"], plain(cfg))
+        check_same_config(folder / export.SUMMARY_FILE, existing["config"], plain(cfg))
         log.info("%s is already complete; skipping", folder)
         return existing
     export.check_writable(folder)

@@ -1,42 +1,14 @@
-"""Finding finished runs below a folder and labelling them: variant (family and its own settings) and the
+"""Labelling the finished runs (rundir.find_runs) for the report: variant (family and its own settings) and the
 settings that split groups (the other result keys that vary across the runs)."""
 
-import os
-from pathlib import Path
-
-from vae_compare import export
-from vae_compare.config import RESULT_KEYS, flatten
+from vae_compare.config import RESULT_KEYS
+from vae_compare.labels import show, variant_label
 from vae_compare.posteriors import FAMILIES
+# report/__init__.py imports find_runs from here; it is rundir's (the report's owner moves that import there)
+from vae_compare.rundir import find_runs  # noqa: F401
 
-# A folder holding any of these is a run folder, finished or not (params.csv is written before training).
-RUN_MARKERS = {export.SUMMARY_FILE, export.PARAMS_FILE, export.METRICS_FILE, export.FAILED_FILE}
 # Config values that are group dimensions of their own, so they are not "settings".
 GROUP_KEYS = {"data.name", "latent_dim", "seed", "model.match_params", "model.match_rank"}
-
-
-def find_runs(folder: Path):
-    """Finished runs below folder (summary.json with status complete), and the count of the others."""
-    runs, unfinished = [], 0
-    for path, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skip .hydra and friends
-        if not RUN_MARKERS & set(files):
-            continue
-        summary = export.read_summary(Path(path))
-        if summary is None:
-            unfinished += 1
-            continue
-        config = flatten(summary["config"])
-        runs.append({
-            "folder": Path(path),
-            "path": Path(path).relative_to(folder).as_posix(),
-            "summary": summary,
-            "config": config,
-            "dataset": config["data.name"],
-            "latent_dim": config["latent_dim"],
-            "seed": config["seed"],
-            "family": config["family.name"],
-        })
-    return runs, unfinished
 
 
 def config_keys(runs):
@@ -45,12 +17,6 @@ def config_keys(runs):
 
 def varying(configs, keys):
     return [key for key in keys if len({repr(config.get(key)) for config in configs}) > 1]
-
-
-def show(value):
-    if value is None:
-        return "null"
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def label_runs(runs, tuned=False):
@@ -75,19 +41,6 @@ def label_runs(runs, tuned=False):
         if tuned and run["setting"]:
             run["variant"], run["setting"] = f"{run['variant']} [{run['setting']}]", ""
     return setting_keys, sorted({k for keys in family_keys.values() for k in keys})
-
-
-def variant_label(config, family_keys):
-    """e.g. "diag", "lowrank(k=4)", "cholesky(offdiag_scale=0.1)", "diag matched→cholesky"."""
-    family = config["family.name"]
-    uses_rank = family in FAMILIES and FAMILIES[family].uses_rank
-    details = [f"k={config['family.rank']}"] if uses_rank else []
-    details += [f"{key.split('.', 1)[1]}={show(config.get(key))}" for key in family_keys]
-    label = f"{family}({', '.join(details)})" if details else family
-    target = config.get("model.match_params")
-    if target is not None and target != family:
-        label += " matched→" + (f"{target}(k={config['model.match_rank']})" if FAMILIES[target].uses_rank else target)
-    return label
 
 
 def family_order(family):

@@ -6,9 +6,10 @@ from collections import defaultdict
 
 from matplotlib.figure import Figure
 
-from vae_compare.gaps import read_gaps
 from vae_compare.report.collect import family_order, series
 from vae_compare.report.plots import save_png
+from vae_compare.report.render import markdown_table
+from vae_compare.rundir import read_gaps
 
 GAP_METRICS = ("log_px", "encoder_elbo", "optimized_elbo", "approximation_gap", "amortization_gap", "inference_gap")
 ROTATION_METRICS = ("total_correlation", "total_correlation_rotated_mean_cov", "total_correlation_rotated_joint",
@@ -61,8 +62,6 @@ def gaps_markdown(groups):
     """report.md's section on the inference gaps; empty when no run has gaps.json."""
     if not groups:
         return ""
-    from vae_compare.report.render import markdown_table
-
     lines = ["", "## Inference gaps", "",
              f"From `vae-compare gaps` on the first {groups[0]['images']} test images of each run (Cremer, Li and "
              "Duvenaud 2018), decoder frozen: q* is the best member of a family for each image alone, found by Adam "

@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import make_vae
-from vae_compare.train import learning_rate
+from vae_compare.train import learning_rate, stops_early
 
 
 def burda(epochs):
@@ -42,6 +42,22 @@ def test_plateau_schedule_decays_after_patience_epochs_without_a_better_validati
     assert rates == pytest.approx([1e-3] * 4 + [5e-4] * 2 + [2.5e-4] * 3)
     # only the epochs before the one asked about count (the schedule cannot look ahead)
     assert learning_rate(cfg, 3, history + [0.0]) == pytest.approx(1e-3)
+
+
+def test_early_stopping_by_patience_or_by_the_plateau_rate_floor():
+    cfg = OmegaConf.create({"lr_schedule": "plateau", "lr": 1e-3, "lr_decay": 0.5, "lr_decay_patience": 2,
+                            "patience": 3, "lr_min": None})
+    assert not stops_early(cfg, [])
+    assert not stops_early(cfg, [-100, -99, -99.5, -99.2])  # two epochs since the best
+    assert stops_early(cfg, [-100, -99, -99.5, -99.2, -99.1])  # three
+    # tiny gains keep resetting the patience while the rate decays: only lr_min ends the run
+    creeping = [-100, -99.5, -99.6, -99.7, -99.4999, -99.6, -99.7, -99.4998]
+    assert not stops_early(cfg, creeping)
+    floor = OmegaConf.merge(cfg, {"lr_min": 3e-4})  # rates 1e-3, 5e-4, 2.5e-4 (after the 2nd decay)
+    assert not stops_early(floor, creeping[:3]) and stops_early(floor, creeping[:7])
+    assert stops_early(floor, creeping)
+    constant = OmegaConf.merge(cfg, {"lr_schedule": "constant", "lr_min": 3e-4})
+    assert not stops_early(constant, creeping)
 
 
 @pytest.mark.parametrize("family,rank", [("cholesky", 0), ("lowrank", 3)])

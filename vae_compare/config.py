@@ -119,6 +119,8 @@ class TrainConfig:
     # validation ELBO (counted from the best epoch or the last decay, whichever is later)
     lr_decay: float = key(0.5, above=0, below=1)
     lr_decay_patience: int = key(5, minimum=1)
+    # lr_schedule=plateau: stop once the decayed rate would fall below this (null: only train.patience stops)
+    lr_min: Optional[float] = key(None, above=0)
     # Adam's epsilon (added to the root of the bias-corrected second moment) and first-moment decay
     adam_eps: float = key(1e-8, above=0)
     adam_beta1: float = key(0.9, minimum=0, below=1)

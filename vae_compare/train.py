@@ -103,6 +103,19 @@ def plateau_rate(train_cfg, val_elbos):
     return rate
 
 
+def stops_early(train_cfg, val_elbos):
+    """Early stopping after the epochs whose validation ELBOs are `val_elbos`: train.patience epochs since the best
+    (never with patience null), or the plateau schedule's next rate below train.lr_min (at a vanishing rate, gains
+    of a thousandth of a nat would otherwise keep resetting the patience)."""
+    if not val_elbos:
+        return False
+    if train_cfg.lr_schedule == "plateau" and train_cfg.lr_min is not None:
+        if plateau_rate(train_cfg, val_elbos) < train_cfg.lr_min:
+            return True
+    best_epoch = max(range(len(val_elbos)), key=lambda i: (val_elbos[i], -i)) + 1
+    return train_cfg.patience is not None and len(val_elbos) - best_epoch >= train_cfg.patience
+
+
 def make_optimizer(model, lr, eps=1e-8, beta1=0.9):
     # fused: one kernel for all parameters; measured 4x faster per Adam step on the CPU (docs/speed.md)
     return torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, 0.999), eps=eps, fused=True)
@@ -323,9 +336,7 @@ class Run:
             tensorboard.close()
 
     def patience_ran_out(self):
-        """Early stopping: train.patience epochs since the best validation ELBO (never with patience null)."""
-        patience = self.cfg.train.patience
-        return patience is not None and self.epoch - self.best["epoch"] >= patience
+        return stops_early(self.cfg.train, [row["val_elbo"] for row in self.metrics])
 
     def training_summary(self):
         """What summary.json records about training, before the test-set numbers are added."""

@@ -56,6 +56,15 @@ def test_help_lists_commands_and_options(tmp_path):
     assert "family: cholesky, corr, diag, lowrank, rank1sum" in train.stdout and "experiment: answer, answer_full, burda2016, quick" in train.stdout
 
 
+def test_hydra_flags_go_to_hydra_as_given(tmp_path):
+    shown = run_cli(["train", "--cfg", "job", "latent_dim=3", "family=cholesky"], cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "latent_dim: 3" in shown.stdout and "name: cholesky" in shown.stdout
+    hydra_help = run_cli(["train", "--hydra-help"], cwd=tmp_path)
+    assert hydra_help.returncode == 0 and "Hydra (" in hydra_help.stdout
+    assert not (tmp_path / "outputs").exists()  # nothing ran, so no run folder was made or locked
+
+
 def truncated_copy(folder):
     shutil.copytree(MNIST, folder)
     data = gzip.decompress((folder / "train-images-idx3-ubyte.gz").read_bytes())

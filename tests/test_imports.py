@@ -3,7 +3,6 @@ nor among the rooms, a subpackage counting as one), package imports sit at the t
 module passes 400 lines."""
 
 import ast
-from pathlib import Path
 
 from conftest import REPO
 

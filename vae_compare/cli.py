@@ -31,8 +31,8 @@ from rich import get_console
 
 from vae_compare import UserError, data, lock, sweep
 from vae_compare.config import EVALUATE_KEYS, GAPS_RUN_KEYS, GapsConfig, compose, type_name, validate
-from vae_compare.export import CHECKPOINT, FAILED_FILE, check_writable
-from vae_compare.finish import evaluate_run
+from vae_compare.export import BEST, CHECKPOINT, FAILED_FILE, check_writable
+from vae_compare.finish import reevaluate, summary_table
 from vae_compare.gaps_command import gaps_main
 from vae_compare.memory import check_fits
 from vae_compare.report import main as report_main
@@ -263,7 +263,12 @@ def evaluate_command(args):
     folder, overrides = folder_and_overrides(
         args, "vae-compare evaluate", "Re-evaluate a finished run's best weights without retraining.", "RUN_FOLDER",
         None, f"any of: {', '.join(sorted(EVALUATE_KEYS))} (e.g. eval.iwae_samples=5000)")
-    evaluate_run(folder, overrides, get_console())
+    folder = folder.expanduser().resolve()
+    if not (folder / ".hydra" / "config.yaml").exists() or not (folder / BEST).exists():
+        raise UserError(f"{folder} is not a trained vae-compare run folder (needs .hydra/config.yaml and {BEST})")
+    with lock.hold(folder):  # it rewrites the run's final files: not while another process trains it
+        summary = reevaluate(folder, overrides)
+    get_console().print(summary_table(summary))
 
 
 def gaps_command(args):

@@ -1,19 +1,18 @@
 """The end of a run: evaluate the best weights on the test set and write the run's final files.
 
-One pipeline serves both the end of training and `vae-compare evaluate RUN_FOLDER`, which re-evaluates a
-finished run (e.g. with more importance samples) without retraining and reads only the test split.
+One pipeline serves both the end of training and `vae-compare evaluate RUN_FOLDER` (reevaluate), which
+re-evaluates a finished run (e.g. with more importance samples) without retraining and reads only the test split.
 """
 
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from vae_compare import UserError, data, evaluate, export, lock, pictures, rundir
+from vae_compare import UserError, data, evaluate, export, pictures, rundir
 from vae_compare.config import hparams_of, plain, run_config
-from vae_compare.export import BEST, FINAL_FILE
+from vae_compare.export import FINAL_FILE
 from vae_compare.labels import run_label
 from vae_compare.model import build_model
 from vae_compare.progress import ProgressBars
@@ -147,17 +146,6 @@ def summary_markdown(summary):
     """The final table as markdown, for TensorBoard's TEXT tab."""
     rows = [f"| {name.replace('|', '&#124;')} | {value} |" for name, value in summary_rows(summary)]
     return "\n".join([f"**{summary_title(summary)}**", "", "| metric | value |", "|---|---:|", *rows])
-
-
-def evaluate_run(folder: Path, overrides, console: Console):
-    """`vae-compare evaluate`: re-evaluate a finished run's best weights without retraining."""
-    folder = Path(folder).expanduser().resolve()
-    if not (folder / ".hydra" / "config.yaml").exists() or not (folder / BEST).exists():
-        raise UserError(f"{folder} is not a trained vae-compare run folder (needs .hydra/config.yaml and {BEST})")
-    with lock.hold(folder):  # it rewrites the run's final files: not while another process trains it
-        summary = reevaluate(folder, overrides)
-    console.print(summary_table(summary))
-    return summary
 
 
 def reevaluate(folder: Path, overrides):

@@ -4,8 +4,6 @@ settings that split groups (the other result keys that vary across the runs)."""
 from vae_compare.config import RESULT_KEYS
 from vae_compare.labels import show, variant_label
 from vae_compare.posteriors import FAMILIES
-# report/__init__.py imports find_runs from here; it is rundir's (the report's owner moves that import there)
-from vae_compare.rundir import find_runs  # noqa: F401
 
 # Config values that are group dimensions of their own, so they are not "settings".
 GROUP_KEYS = {"data.name", "latent_dim", "seed", "model.match_params", "model.match_rank"}

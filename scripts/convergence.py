@@ -15,9 +15,15 @@ import statistics
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+from vae_compare.train import stops_early
 
 EPOCHS_SHOWN = (10, 20, 40, 60, 80, 100, 120, 150, 200, 250, 300)
 PATIENCES = (3, 5, 10, 15, 20)
+# the budget convergence.sh trains with, replayed on every run's curve (also on runs trained without its floor)
+CHOSEN = OmegaConf.create({"lr_schedule": "plateau", "lr": 1e-3, "lr_decay": 0.5, "lr_decay_patience": 5,
+                           "lr_min": 1e-5, "patience": 20})
 
 
 def read_runs(root: Path):
@@ -71,16 +77,31 @@ def patience_rows(runs, trained_patience):
     return rows
 
 
+def chosen_rule_rows(runs):
+    """Where the chosen rule stops each run, and what it loses against the run's best over the whole curve."""
+    rows = []
+    for run in runs:
+        values = run["val_elbo"]
+        stop = next((e for e in range(1, len(values) + 1) if stops_early(CHOSEN, values[:e])), None)
+        reached = max(values[:stop]) if stop else max(values)
+        rows.append({"schedule": run["schedule"], "family": run["family"], "seed": run["seed"],
+                     "epochs_run": len(values), "stop_epoch": stop if stop else f">{len(values)}",
+                     "best_val_elbo": round(reached, 3), "lost_vs_run_best": round(max(values) - reached, 3)})
+    return rows
+
+
 def spread_rows(runs):
     rows = []
     groups = sorted({(run["schedule"], run["family"]) for run in runs})
     for schedule, family in groups:
         members = [run for run in runs if (run["schedule"], run["family"]) == (schedule, family)]
         for epoch in EPOCHS_SHOWN:
-            # a run that stopped before this epoch keeps its best: that is the model it hands on
-            values = [running_best(run["val_elbo"])[min(epoch, len(run["val_elbo"])) - 1] for run in members]
-            if all(len(run["val_elbo"]) < epoch for run in members):
+            # a finished run that stopped before this epoch keeps its best (the model it hands on); a run cut short
+            # before it says nothing about it
+            counted = [run for run in members if len(run["val_elbo"]) >= epoch or run["summary"] is not None]
+            if not any(len(run["val_elbo"]) >= epoch for run in counted):
                 break
+            values = [running_best(run["val_elbo"])[min(epoch, len(run["val_elbo"])) - 1] for run in counted]
             rows.append({"schedule": schedule, "family": family, "epoch": epoch, "seeds": len(values),
                          "mean_best_val_elbo": round(statistics.fmean(values), 3),
                          "sd": round(statistics.stdev(values), 3) if len(values) > 1 else ""})
@@ -102,16 +123,17 @@ def plot(runs, path):
     for run in runs:
         curves.plot(range(1, len(run["val_elbo"]) + 1), running_best(run["val_elbo"]), styles.get(run["schedule"], "-"),
                     color=colours.get(run["family"]), lw=1, label=f"{run['family']} {run['schedule']} s{run['seed']}")
-    curves.set(xlabel="epoch", ylabel="best validation ELBO so far (nats)", ylim=(-106, -94))
+    curves.set(xlabel="epoch", ylabel="best validation ELBO so far (nats)", ylim=(-112, -100))
     curves.legend(fontsize=6, ncol=2)
     for schedule, family in sorted({(run["schedule"], run["family"]) for run in runs}):
         members = [run["val_elbo"] for run in runs if (run["schedule"], run["family"]) == (schedule, family)]
         if len(members) < 2:
             continue
-        longest = max(map(len, members))
-        sds = [statistics.stdev(running_best(m)[min(e, len(m)) - 1] for m in members) for e in range(1, longest + 1)]
-        spread.plot(range(1, longest + 1), sds, styles.get(schedule, "-"), color=colours.get(family),
-                    label=f"{family} {schedule} ({len(members)} seeds)")
+        # at each epoch, the runs that got that far (a run cut short says nothing about later epochs)
+        epochs = [e for e in range(1, max(map(len, members)) + 1) if sum(len(m) >= e for m in members) >= 2]
+        sds = [statistics.stdev(running_best(m)[e - 1] for m in members if len(m) >= e) for e in epochs]
+        spread.plot(epochs, sds, styles.get(schedule, "-"), color=colours.get(family),
+                    label=f"{family} {schedule} (runs that reached the epoch)")
     spread.set(xlabel="epoch", ylabel="seed sd of best validation ELBO (nats)", yscale="log")
     spread.legend(fontsize=7)
     figure.tight_layout()
@@ -145,6 +167,8 @@ def main():
     text = ["# Training budget: validation ELBO against epochs", "",
             f"{len(runs)} runs ({len(finished)} finished) read from `{args.root}` by `python scripts/convergence.py`.",
             "", "## Seed spread of the best validation ELBO so far", "", markdown(spread), "",
+            "## The chosen rule (lr 1e-3 halved after 5 flat epochs, stop below 1e-5 or after 20 flat epochs)", "",
+            markdown(chosen_rule_rows(runs)), "",
             "## What each patience would have given", "", markdown(patience), ""]
     if results:
         text += ["## Finished runs", "", markdown(results), ""]

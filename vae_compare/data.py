@@ -1,8 +1,10 @@
-"""MNIST and Fashion-MNIST as tensors on the training device, batched by a shuffled index.
+"""MNIST, Fashion-MNIST and the synthetic set as tensors on the training device, batched by a shuffled index.
 
 The four standard idx files (.gz or plain) are looked for, in order: `data.root`; the folder in
 $VAE_COMPARE_DATA; Debian's /usr/share/datasets/fashion-mnist (Fashion-MNIST only); otherwise
 torchvision downloads them into a cache folder (under a file lock, so parallel jobs download once).
+dataset=synthetic reads no file: vae_compare/synthetic.py generates its images (the true Bernoulli means as
+grey levels, binarized as MNIST's are) and labels, with splits of MNIST's sizes.
 """
 
 import contextlib
@@ -14,10 +16,12 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from vae_compare import UserError
+from vae_compare import UserError, synthetic
 
-# config name -> torchvision's dataset class
-DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+# config name -> torchvision's dataset class, for the data sets read from idx files
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+# every data.name (the schema's choice)
+DATASETS = (*TORCHVISION_CLASSES, synthetic.NAME)
 FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -66,7 +70,7 @@ def read_idx(path: Path, magic: int, count: int) -> np.ndarray:
 
 def download_folder(name: str) -> Path:
     """Where `download` leaves the dataset's idx files (torchvision's layout under the cache)."""
-    return CACHE / DATASETS[name] / "raw"
+    return CACHE / TORCHVISION_CLASSES[name] / "raw"
 
 
 def download(name: str) -> Path:
@@ -74,7 +78,7 @@ def download(name: str) -> Path:
     the first to take the lock downloads, the others wait and then find the files complete."""
     import torchvision
 
-    dataset_class = getattr(torchvision.datasets, DATASETS[name])
+    dataset_class = getattr(torchvision.datasets, TORCHVISION_CLASSES[name])
     CACHE.mkdir(parents=True, exist_ok=True)
     with FileLock(CACHE / f"{name}.lock"), contextlib.redirect_stdout(None):
         try:
@@ -86,8 +90,13 @@ def download(name: str) -> Path:
     return download_folder(name)
 
 
-def locate(name: str, root) -> Path:
-    """The folder holding the dataset's four idx files, by the search order in this module's docstring."""
+def locate(name: str, root):
+    """The folder holding the dataset's four idx files, by the search order in this module's docstring; for
+    dataset=synthetic, its synthetic.SyntheticSource (which takes no data.root)."""
+    if name == synthetic.NAME:
+        if root is not None:
+            raise UserError(f"data.root={root}: dataset={synthetic.NAME} reads no files (its images are generated)")
+        return synthetic.SyntheticSource()
     if root is not None:
         folder = Path(root).expanduser().resolve()
         if not has_all_files(folder):
@@ -113,8 +122,19 @@ def read_images(folder: Path, split: str) -> torch.Tensor:
     return torch.from_numpy(images.copy()).flatten(1).float().div_(255)
 
 
-def read_labels(folder: Path, split: str) -> torch.Tensor:
-    """One split's class labels (0..9, int64), shape (N,), on the CPU; in the order of read_images."""
+def split_images(source, split: str):
+    """One split's images, floats in [0, 1] of shape (N, 784) on the CPU: read from the folder's idx file, or
+    for a synthetic.SyntheticSource generated for the rows sliced out only (a GeneratedImages)."""
+    if isinstance(source, synthetic.SyntheticSource):
+        return source.images(split)
+    return read_images(source, split)
+
+
+def read_labels(folder, split: str) -> torch.Tensor:
+    """One split's class labels (0..9, int64), shape (N,), on the CPU; in the order of read_images. A
+    synthetic.SyntheticSource gives the sector of each true latent's angle (0..7)."""
+    if isinstance(folder, synthetic.SyntheticSource):
+        return folder.labels(split)
     labels = read_idx(find_file(folder, FILES[f"{split}_labels"]), LABEL_MAGIC, EXPECTED_COUNT[split])
     return torch.from_numpy(labels.astype(np.int64))
 
@@ -188,22 +208,21 @@ def evaluation_split(cfg, pixels, offset):
 
 
 def load_training(cfg, seed, device):
-    """(data folder, training data, validation split) on the device: the last val_size training images
-    are the validation split."""
+    """(data folder or synthetic source, training data, validation split) on the device: the last val_size
+    training images are the validation split."""
     folder = locate(cfg.name, cfg.root)
-    train_images = read_images(folder, "train").to(device)
-    if cfg.val_size >= len(train_images):
-        raise UserError(f"data.val_size={cfg.val_size} leaves no training images (the training set has {len(train_images)})")
-    train_part, val_part = train_images[:-cfg.val_size], train_images[-cfg.val_size:]
-    if cfg.train_size is not None:
-        train_part = train_part[:cfg.train_size]
+    train_images = split_images(folder, "train")
+    count = len(train_images)
+    if cfg.val_size >= count:
+        raise UserError(f"data.val_size={cfg.val_size} leaves no training images (the training set has {count})")
+    train_end = count - cfg.val_size if cfg.train_size is None else min(cfg.train_size, count - cfg.val_size)
+    train_part, val_part = train_images[:train_end].to(device), train_images[count - cfg.val_size:].to(device)
     return folder, TrainingData(train_part, cfg.binarize, seed), evaluation_split(cfg, val_part, 0)
 
 
 def load_test(cfg, device):
-    """(data folder, test split) on the device; reads only the test files."""
+    """(data folder or synthetic source, test split) on the device; reads only the test files."""
     folder = locate(cfg.name, cfg.root)
-    test_images = read_images(folder, "test").to(device)
-    if cfg.test_size is not None:
-        test_images = test_images[:cfg.test_size]
+    test_images = split_images(folder, "test")
+    test_images = test_images[:len(test_images) if cfg.test_size is None else cfg.test_size].to(device)
     return folder, evaluation_split(cfg, test_images, 1)

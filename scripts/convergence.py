@@ -17,7 +17,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from vae_compare.train import stops_early
+from vae_compare.schedule import stops_early
 
 EPOCHS_SHOWN = (10, 20, 40, 60, 80, 100, 120, 150, 200, 250, 300)
 PATIENCES = (3, 5, 10, 15, 20)

@@ -160,7 +160,8 @@ def test_divergence_stops_with_one_line_and_no_results(tmp_path, family):
     assert result.returncode == 3, result.stderr
     assert "non-finite loss or gradient at epoch" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert not (run_dir / "summary.json").exists()
+    # a summary that says it diverged, never complete (issue 23)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
 
 
 def mount_tmpfs(mount_point, options):

@@ -117,3 +117,19 @@ def test_matched_run_really_has_the_target_budget(tmp_path):
 def test_launcher_configs_compose(launcher, target):
     cfg = compose([f"hydra/launcher={launcher}"], with_hydra=True)
     assert cfg.hydra.launcher._target_.endswith(target)
+
+
+def test_every_family_goes_through_a_sweep_and_the_report(tmp_path):
+    """Each registered family (sqrt included) trains in one sweep, with its default rank, and gets a verdict."""
+    from vae_compare.posteriors import FAMILIES
+
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(["train", "-m", f"family={','.join(FAMILIES)}", "seed=0,1", *TINY, "train.epochs=1",
+                      f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = run_cli(["report", str(sweep_dir)], cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    rows = (sweep_dir / "verdict.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,latent_dim,variant,n,gain,ci_low,ci_high,tost_delta_min,mde,verdict")
+    compared = {row.split(",")[2].split("[")[0] for row in rows[1:]}
+    assert compared == set(FAMILIES) - {"diag"}

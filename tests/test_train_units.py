@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import make_vae
-from vae_compare.train import learning_rate, stops_early
+from vae_compare.schedule import learning_rate, stops_early
 
 
 def burda(epochs):

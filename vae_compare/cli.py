@@ -32,11 +32,12 @@ from rich import get_console
 from vae_compare import UserError, data, lock, sweep
 from vae_compare.config import EVALUATE_KEYS, GAPS_RUN_KEYS, GapsConfig, compose, type_name, validate
 from vae_compare.export import BEST, CHECKPOINT, FAILED_FILE, check_writable
-from vae_compare.finish import reevaluate, summary_table
+from vae_compare.finish import reevaluate, reevaluation, summary_table
 from vae_compare.gaps_command import gaps_main
 from vae_compare.memory import check_fits
 from vae_compare.report import main as report_main
 from vae_compare.runtime import flush_denormals, job_threads, joblib_workers, pick_device
+from vae_compare.frozen import frozen_decoder
 from vae_compare.train import Diverged, Interrupted, train
 
 USAGE = __doc__.split("\n\n")[1] + """
@@ -97,6 +98,7 @@ def check_overrides(overrides, multirun):
         try:
             validate(cfg)
             check_memory(cfg)
+            frozen_decoder(cfg)
         except UserError as error:
             fail(f"{error}" + (f" (job: {' '.join(job)})" if multirun and len(jobs) > 1 else ""))
     resuming = configs[0][1].resume is not None
@@ -175,7 +177,7 @@ def run_job(cfg, folder, multirun, overrides):
         flush_denormals()  # a joblib worker process does not pass through main()
         # set for every job: the basic launcher runs every job of a sweep in this one process
         torch.set_num_threads(job_threads(cfg.train.threads, HydraConfig.get().launcher))
-        train(cfg, folder, get_console())
+        train(cfg, folder, get_console(), run_files=hydra_files(cfg))
     except Interrupted as interrupt:
         print(f"vae-compare: interrupted; checkpoint saved. Resume with: vae-compare train resume={folder}",
               file=sys.stderr)
@@ -183,7 +185,7 @@ def run_job(cfg, folder, multirun, overrides):
     except (UserError, Diverged, torch.OutOfMemoryError) as error:
         code = EXIT_DIVERGED if isinstance(error, Diverged) else EXIT_USER_ERROR
         if not multirun:
-            if not (folder / CHECKPOINT).exists():
+            if not (folder / CHECKPOINT).exists() and not isinstance(error, Diverged):  # a diverged run keeps its summary
                 remove_if_empty(folder)
             fail(str(error).splitlines()[0], code)
         record_failure(folder, overrides, error)
@@ -193,6 +195,14 @@ def run_job(cfg, folder, multirun, overrides):
         # a failing job must not stop the sweep, nor lose the other jobs' report
         logging.getLogger(__name__).exception("job failed")
         record_failure(folder, overrides, error)
+
+
+def hydra_files(cfg):
+    """The files Hydra would write into .hydra/ (hydra.output_subdir is null): the job's config, Hydra's own and
+    the overrides, which `resume=` reads back. train() writes them once the run's checks have passed."""
+    hydra_cfg = HydraConfig.get()
+    return {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
 
 
 def record_failure(folder, overrides, error):
@@ -266,8 +276,10 @@ def evaluate_command(args):
     folder = folder.expanduser().resolve()
     if not (folder / ".hydra" / "config.yaml").exists() or not (folder / BEST).exists():
         raise UserError(f"{folder} is not a trained vae-compare run folder (needs .hydra/config.yaml and {BEST})")
+    lock.check_free(folder)
+    previous, cfg = reevaluation(folder, overrides)  # refusals before the lock: a refused command writes nothing
     with lock.hold(folder):  # it rewrites the run's final files: not while another process trains it
-        summary = reevaluate(folder, overrides)
+        summary = reevaluate(folder, previous, cfg)
     get_console().print(summary_table(summary))
 
 

@@ -48,6 +48,8 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
         "data_folder": str(data_folder or test_folder),
         "params": export.params_row(cfg, model),
         **training,
+        # train.decoder_from: the decoder is another run's, frozen; only the encoder was trained
+        "decoder": "trained" if cfg.train.decoder_from is None else f"frozen from {cfg.train.decoder_from}",
         # a Bernoulli likelihood of grey levels is not a normalised likelihood: say so wherever it is read
         "likelihood": "bernoulli-grey-levels (not normalised)" if cfg.data.binarize == "none" else "bernoulli",
         "test": final,
@@ -126,7 +128,8 @@ def summary_rows(summary):
 
 
 def summary_title(summary):
-    return (f"{summary['config']['family']['name']}, latent_dim {summary['config']['latent_dim']}: "
+    frozen = "" if summary.get("decoder", "trained") == "trained" else f", decoder {summary['decoder']}"
+    return (f"{summary['config']['family']['name']}, latent_dim {summary['config']['latent_dim']}{frozen}: "
             f"test set, best epoch {summary['best_epoch']}")
 
 
@@ -148,12 +151,17 @@ def summary_markdown(summary):
     return "\n".join([f"**{summary_title(summary)}**", "", "| metric | value |", "|---|---:|", *rows])
 
 
-def reevaluate(folder: Path, overrides):
-    """The new summary of a finished run, its best weights evaluated with the overrides."""
+def reevaluation(folder: Path, overrides):
+    """(summary, config) of a finished run to re-evaluate with the overrides; refuses an unfinished run or a bad
+    override before anything is written."""
     summary = rundir.read_summary(folder)
     if summary is None:
         raise UserError(f"{folder} has not finished training; continue it with: vae-compare train resume={folder}")
-    cfg = run_config(folder, overrides)
+    return summary, run_config(folder, overrides)
+
+
+def reevaluate(folder: Path, summary, cfg):
+    """The new summary of a finished run, its best weights evaluated with cfg (from reevaluation)."""
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     model = build_model(cfg).to(device)

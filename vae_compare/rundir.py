@@ -69,21 +69,26 @@ def write_gaps(folder: Path, result: dict) -> None:
 
 
 # ---- finding runs ---------------------------------------------------------------------------------------------
+def run_folders(folder: Path):
+    """Every run folder at or below folder, finished or not, in sorted order."""
+    for path, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skip .hydra and friends
+        if RUN_MARKERS & set(files):
+            yield Path(path)
+
+
 def find_runs(folder: Path):
     """Finished runs below folder (summary.json with status complete), and the count of the others."""
     runs, unfinished = [], 0
-    for path, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skip .hydra and friends
-        if not RUN_MARKERS & set(files):
-            continue
-        summary = read_summary(Path(path))
+    for path in run_folders(folder):
+        summary = read_summary(path)
         if summary is None:
             unfinished += 1
             continue
         config = flatten(summary["config"])
         runs.append({
-            "folder": Path(path),
-            "path": Path(path).relative_to(folder).as_posix(),
+            "folder": path,
+            "path": path.relative_to(folder).as_posix(),
             "summary": summary,
             "config": config,
             "dataset": config["data.name"],
@@ -92,3 +97,16 @@ def find_runs(folder: Path):
             "family": config["family.name"],
         })
     return runs, unfinished
+
+
+def find_diverged(folder: Path):
+    """(path below folder, reason) of every run whose summary.json says it diverged (train.Diverged)."""
+    diverged = []
+    for path in run_folders(folder):
+        try:
+            summary = json.loads((path / export.SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if summary.get("status") == "diverged":
+            diverged.append((path.relative_to(folder).as_posix(), summary.get("reason", "")))
+    return diverged

@@ -21,20 +21,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vae_compare import UserError, data, evaluate, export, finish, memory, rundir
 from vae_compare.config import check_same_config, plain
 from vae_compare.export import BEST, CHECKPOINT
+from vae_compare.frozen import freeze_decoder, frozen_decoder
 from vae_compare.model import build_model
 from vae_compare.posteriors import Noise
 from vae_compare.runtime import pick_device, synchronize
+from vae_compare.schedule import learning_rate, stops_early
 
 log = logging.getLogger(__name__)
-
-# Burda et al. (2016): stage i = 0..7 lasts 3^i epochs at learning rate lr * round(10^(1 - i/7), 1) / 10 (their
-# code: 1e-4 * round(10^(1 - (i-1)/7), 1) for i = 1..8, i.e. 1e-3, 7.2e-4, 5.2e-4, ..., 1.4e-4, 1e-4).
-BURDA_STAGES = 8
-
-
-def burda_rate(lr, stage):
-    return lr * round(10 ** (1 - stage / 7), 1) / 10
-
 
 # first_bad_step's value while every step of the epoch has been finite
 NO_BAD_STEP = 2 ** 62
@@ -42,6 +35,13 @@ NO_BAD_STEP = 2 ** 62
 
 class Diverged(Exception):
     pass
+
+
+def elbo_floor(pixels):
+    """The ELBO of the model that gives every pixel probability 0.5 with q = the prior: -pixels * log 2 nats on any
+    image. The Bernoulli log-likelihood at p = 0.5 is -log 2 for every target in [0, 1], so the floor holds for grey
+    levels (binarize=none) as well. A run scoring below it is worse than knowing nothing: it diverged."""
+    return -pixels * math.log(2)
 
 
 class Interrupted(Exception):
@@ -78,47 +78,10 @@ class SignalGuard:
             signal.signal(s, handler)
 
 
-def learning_rate(train_cfg, epoch, val_elbos=()):
-    """Learning rate of an epoch (0-based); the Burda schedule's stages are scaled to train.epochs. The plateau
-    schedule replays the validation ELBOs of the epochs before (`val_elbos`), so it needs no state of its own."""
-    if train_cfg.lr_schedule == "constant":
-        return train_cfg.lr
-    if train_cfg.lr_schedule == "plateau":
-        return plateau_rate(train_cfg, val_elbos[:epoch])
-    total = sum(3 ** i for i in range(BURDA_STAGES))
-    stage_end = 0
-    for stage in range(BURDA_STAGES):
-        stage_end += 3 ** stage
-        if epoch < round(stage_end * train_cfg.epochs / total):
-            return burda_rate(train_cfg.lr, stage)
-    return burda_rate(train_cfg.lr, BURDA_STAGES - 1)
-
-
-def plateau_rate(train_cfg, val_elbos):
-    rate, best, since = train_cfg.lr, -math.inf, 0
-    for elbo in val_elbos:
-        best, since = (elbo, 0) if elbo > best else (best, since + 1)
-        if since >= train_cfg.lr_decay_patience:
-            rate, since = rate * train_cfg.lr_decay, 0
-    return rate
-
-
-def stops_early(train_cfg, val_elbos):
-    """Early stopping after the epochs whose validation ELBOs are `val_elbos`: train.patience epochs since the best
-    (never with patience null), or the plateau schedule's next rate below train.lr_min (at a vanishing rate, gains
-    of a thousandth of a nat would otherwise keep resetting the patience)."""
-    if not val_elbos:
-        return False
-    if train_cfg.lr_schedule == "plateau" and train_cfg.lr_min is not None:
-        if plateau_rate(train_cfg, val_elbos) < train_cfg.lr_min:
-            return True
-    best_epoch = max(range(len(val_elbos)), key=lambda i: (val_elbos[i], -i)) + 1
-    return train_cfg.patience is not None and len(val_elbos) - best_epoch >= train_cfg.patience
-
-
 def make_optimizer(model, lr, eps=1e-8, beta1=0.9):
     # fused: one kernel for all parameters; measured 4x faster per Adam step on the CPU (docs/speed.md)
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, 0.999), eps=eps, fused=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # a frozen decoder (train.decoder_from) is not
+    return torch.optim.Adam(trainable, lr=lr, betas=(beta1, 0.999), eps=eps, fused=True)
 
 
 def loss_terms(model, batch, eps, kl_weight):
@@ -168,6 +131,9 @@ class Run:
         random.seed(cfg.seed)
         self.data_folder, self.train_data, self.val = data.load_training(cfg.data, cfg.seed, self.device)
         self.model = build_model(cfg, data_mean=self.train_data.mean_pixel).to(self.device)
+        decoder = frozen_decoder(cfg)
+        if decoder is not None:
+            freeze_decoder(self.model, decoder, cfg.train.decoder_from)
         self.noise = Noise(cfg.seed, self.device)
         self.optimizer = make_optimizer(self.model, learning_rate(cfg.train, 0), cfg.train.adam_eps, cfg.train.adam_beta1)
         self.compiled = compiled_loss_terms(self.model) if cfg.train.compile else None
@@ -317,6 +283,11 @@ class Run:
                 if not all(math.isfinite(v) for v in val_metrics.values()):
                     raise Diverged(f"non-finite validation ELBO after epoch {epoch}; "
                                    f"last good checkpoint: {self.last_good()}")
+                floor = elbo_floor(self.val.pixels.shape[-1])
+                if val_metrics["elbo"] < floor:
+                    raise Diverged(f"validation ELBO {val_metrics['elbo']:.4g} after epoch {epoch} is below "
+                                   f"{floor:.1f} nats, the score of giving every pixel probability 0.5: the run "
+                                   f"diverged (try a smaller train.lr); last good checkpoint: {self.last_good()}")
                 # speed is a training curve too: in the train/ group, so that train/ and val/ are
                 # the first two groups TensorBoard opens (export.TensorBoard)
                 tensorboard.scalars(train_metrics, epoch, "train")
@@ -341,13 +312,14 @@ class Run:
     def training_summary(self):
         """What summary.json records about training, before the test-set numbers are added."""
         seconds = [row["train_seconds"] for row in self.metrics]
+        epochs = max(len(self.metrics), 1)  # none yet when a run diverges in its first epoch
         return {
             "epochs_trained": self.epoch,
             "stopped_early": self.patience_ran_out(),
             "best_epoch": self.best["epoch"],
-            "best_val_elbo": self.best["val_elbo"],
-            "seconds_per_epoch": sum(seconds) / len(seconds),
-            "images_per_second": sum(row["train_images_per_second"] for row in self.metrics) / len(self.metrics),
+            "best_val_elbo": self.best["val_elbo"] if self.metrics else None,
+            "seconds_per_epoch": sum(seconds) / epochs,
+            "images_per_second": sum(row["train_images_per_second"] for row in self.metrics) / epochs,
         }
 
 
@@ -356,21 +328,31 @@ def progress_columns():
             TimeRemainingColumn())
 
 
-def train(cfg, folder: Path, console: Console):
-    """Train (or continue) the run in `folder` and evaluate it; returns its summary."""
+def train(cfg, folder: Path, console: Console, run_files=None):
+    """Train (or continue) the run in `folder` and evaluate it; returns its summary. run_files ({name: text}, the
+    run's own config as the CLI recorded it) go into folder/.hydra once every check has passed, so that a refused
+    command leaves the folder as it was. A run that diverges gets a summary.json with status diverged."""
     existing = rundir.read_summary(folder)
     if existing is not None:
         check_same_config(folder / export.SUMMARY_FILE, existing["config"], plain(cfg))
-        log.info("%s is already complete; skipping", folder)
+        console.print(f"{folder} is already complete; skipping")  # not logged: the finished run's files stay as they are
         return existing
     export.check_writable(folder)
     # again here, where the device is known and its free memory is that of now (the CLI checked up front)
     memory.check_fits(cfg, pick_device(cfg.device))
     run = Run(cfg, folder)
+    for name, text in (run_files or {}).items():
+        (folder / ".hydra").mkdir(exist_ok=True)
+        export.atomic_write(folder / ".hydra" / name, text.encode())
     export.write_csv(folder / export.PARAMS_FILE, [export.params_row(cfg, run.model)])
     with SignalGuard() as guard:
         with Progress(*progress_columns(), console=console) as progress:
-            run.fit(guard, progress)
+            try:
+                run.fit(guard, progress)
+            except Diverged as error:
+                rundir.write_summary(folder, {"status": "diverged", "reason": str(error), "config": plain(cfg),
+                                              **run.training_summary()})
+                raise
         guard.immediate = True
         guard.check()  # a signal that came during the last validation pass
         run.model.load_state_dict(run.best_weights)

@@ -27,10 +27,10 @@ from vae_compare.report.collect import config_keys, family_order, label_runs, va
 from vae_compare.report.gaps import gap_groups, gaps_markdown, write_gaps_plot
 from vae_compare.report.plots import plot_colours, posterior_markdown, write_plots
 from vae_compare.report.inference import DEFAULT_DELTA
-from vae_compare.report.render import console_table, markdown_table, report_markdown, summary_rows
+from vae_compare.report.render import console_table, diverged_line, markdown_table, report_markdown, summary_rows
 from vae_compare.report.select import select_settings, selection_table
 from vae_compare.report.stats import ANALYSIS_NAMES, make_groups
-from vae_compare.rundir import find_runs
+from vae_compare.rundir import find_diverged, find_runs
 
 
 def build_report(folder: Path, out: Path | None = None, console=None, select=False, tuned=False, paired=False,
@@ -47,6 +47,7 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")
     runs, unfinished = find_runs(folder)
+    diverged = find_diverged(folder)
     if not runs:
         raise UserError(f"no finished runs below {folder} (a finished run has summary.json with status complete)"
                         + (f"; {unfinished} unfinished" if unfinished else ""))
@@ -56,10 +57,10 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
     runs.sort(key=lambda run: (run["dataset"], run["latent_dim"], run["setting"],
                                family_order(run["family"]), run["variant"], run["seed"], run["path"]))
     varying_keys = varying([run["config"] for run in runs], config_keys(runs))
-    export.write_csv(out / "summary.csv", summary_rows(runs, varying_keys))
     console = console or get_console()
     if select:
         rows = select_settings(runs, setting_keys + family_keys)
+        export.write_csv(out / "summary.csv", summary_rows(runs, varying_keys))
         export.write_csv(out / "selected.csv", rows)
         columns = ["dataset", "latent_dim", "family", "selected", "seeds", "val_elbo", "runner_up", "runner_up_val_elbo",
                    "overrides"]
@@ -72,9 +73,10 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
         console.print(f"selection: {out / 'selection.md'}")
         return {"runs": len(runs), "unfinished": unfinished, "selected": rows, "out": str(out)}
     groups, cells = make_groups(runs, paired=paired, delta=delta)
+    export.write_csv(out / "summary.csv", summary_rows(runs, varying_keys))
     posterior_plots = write_plots(runs, groups, out)
     markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys,
-                               verdict.markdown(groups, cells), tuned)
+                               verdict.markdown(groups, cells), tuned, diverged)
     markdown += posterior_markdown(posterior_plots)
     gap_rows = gap_groups(runs)
     if gap_rows:
@@ -93,8 +95,10 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
                   markup=False)
     sentences = verdict.cell_sentences(groups, cells)
     console.print(sentences, markup=False)
+    if diverged:
+        console.print(diverged_line(diverged), markup=False)
     console.print(f"report: {out / 'report.md'}")
-    return {"runs": len(runs), "unfinished": unfinished, "groups": groups, "cells": cells, "verdict": sentences,
+    return {"runs": len(runs), "unfinished": unfinished, "diverged": diverged, "groups": groups, "cells": cells, "verdict": sentences,
             "verdicts": verdict_rows, "out": str(out), "gaps": gap_rows}
 
 

@@ -138,7 +138,15 @@ def console_table(groups, title):
     return rich_table(header, rows, title, caption=Text(CONSOLE_CAPTION))  # Text: "[interval]" is no markup
 
 
-def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_section, tuned=False):
+def diverged_line(diverged):
+    """The one line saying which diverged runs (rundir.find_diverged) the report leaves out, or ""."""
+    if not diverged:
+        return ""
+    return (f"{len(diverged)} diverged run(s) left out (status diverged in summary.json): "
+            + "; ".join(f"{path} ({reason.split(';')[0]})" for path, reason in diverged))
+
+
+def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_section, tuned=False, diverged=()):
     """report.md up to its plots; verdict_section is verdict.markdown's."""
     iwae = sorted({str(run["summary"].get("test", {}).get("iwae_samples")) for run in runs})
     metric = METRIC_NAMES.get(groups[0]["metric"], groups[0]["metric"])
@@ -147,12 +155,19 @@ def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_sectio
         "",
         f"{len(runs)} finished runs below `{folder}`; {unfinished} unfinished runs ignored.",
     ]
+    if diverged:
+        lines += ["", diverged_line(diverged)]
     if split_keys and tuned:
         lines.append(f"Tuned comparison: each family ran at its own selected setting; the settings that vary "
                      f"({', '.join(split_keys)}) are part of each variant's name, and every variant is compared "
                      "with diag at diag's own setting.")
     elif split_keys:
         lines.append(f"Settings that vary across runs and split the groups: {', '.join(split_keys)}.")
+    frozen = [run for run in runs if run["config"].get("train.decoder_from") is not None]
+    if frozen:
+        sources = sorted({run["config"]["train.decoder_from"] for run in frozen})
+        lines += ["", f"**Frozen decoder**: {len(frozen)} of the runs trained only their encoder, against the decoder "
+                      f"of {', '.join(f'`{source}`' for source in sources)} (train.decoder_from)."]
     grey = sum(run["config"].get("data.binarize") == "none" for run in runs)
     if grey:
         lines += ["", f"**{grey} runs use data.binarize=none**: their log p(x) and ELBO are Bernoulli log-likelihoods "

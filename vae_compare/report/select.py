@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from rich.table import Table
 
+from vae_compare import UserError
 from vae_compare.report.collect import family_order, series
 
 
@@ -14,6 +15,8 @@ def select_settings(runs, split_keys):
     validation ELBO, the runner-up's, and the overrides that reproduce it."""
     candidates = defaultdict(lambda: defaultdict(list))
     for run in runs:
+        if not isinstance(run["summary"].get("best_val_elbo"), (int, float)):
+            raise UserError(f"{run['folder']} has no validation ELBO in its summary.json; --select chooses by it")
         candidates[(run["dataset"], run["latent_dim"], run["family"])][series(run)].append(run)
     rows = []
     for (dataset, latent_dim, family), by_series in sorted(candidates.items(),

@@ -1,0 +1,38 @@
+"""train.decoder_from: a finished run's decoder, loaded into a new run and frozen, so that every family's
+encoder is trained against the identical decoder (the positive control of docs/control.md)."""
+
+from pathlib import Path
+
+from vae_compare import UserError, rundir
+from vae_compare.config import flatten, plain
+from vae_compare.export import BEST
+
+
+def frozen_decoder(cfg):
+    """The decoder weights named by train.decoder_from (that finished run's best.pt), or None; a folder that is
+    not a finished run of the same data and latent size is one UserError."""
+    source = cfg.train.decoder_from
+    if source is None:
+        return None
+    folder = Path(source).expanduser()
+    summary = rundir.read_summary(folder)
+    if summary is None or not (folder / BEST).is_file():
+        raise UserError(f"train.decoder_from={source}: not a finished run folder (it needs summary.json with "
+                        f"status complete and {BEST})")
+    theirs, ours = flatten(summary["config"]), flatten(plain(cfg))
+    for name in ("data.name", "data.binarize", "latent_dim"):
+        if theirs[name] != ours[name]:
+            raise UserError(f"train.decoder_from={source} was trained with {name}={theirs[name]}, this run has "
+                            f"{ours[name]}")
+    prefix = "decoder."
+    return {name[len(prefix):]: value for name, value in rundir.load_best(folder).items() if name.startswith(prefix)}
+
+
+def freeze_decoder(model, weights, source):
+    """Load weights into model.decoder and stop them training; they must fit its layers."""
+    try:
+        model.decoder.load_state_dict(weights)
+    except RuntimeError as error:
+        raise UserError(f"train.decoder_from={source}: its decoder does not fit this model's "
+                        f"({str(error).splitlines()[-1].strip()}); use the same model.hidden") from None
+    model.decoder.requires_grad_(False)

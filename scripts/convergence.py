@@ -140,6 +140,21 @@ def plot(runs, path):
     figure.savefig(path, dpi=120)
 
 
+def finished_spread(results):
+    """Per schedule and family: the seeds' mean and sd of the epochs trained, best validation ELBO and test log
+    p(x) (the sd that plans the seeds of the answer)."""
+    rows = []
+    for key in sorted({(row["schedule"], row["family"]) for row in results}):
+        members = [row for row in results if (row["schedule"], row["family"]) == key]
+        row = {"schedule": key[0], "family": key[1], "seeds": len(members)}
+        for name in ("epochs", "best_val_elbo", "test_log_px"):
+            values = [member[name] for member in members]
+            row[f"{name}_mean"] = round(statistics.fmean(values), 3)
+            row[f"{name}_sd"] = round(statistics.stdev(values), 3) if len(values) > 1 else None
+        rows.append(row)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="the folder scripts/convergence.sh wrote (one sub-folder per schedule)")
@@ -158,7 +173,7 @@ def main():
     results = [{"schedule": run["schedule"], "family": run["family"], "seed": run["seed"],
                 "epochs": run["summary"]["epochs_trained"], "best_epoch": run["summary"]["best_epoch"],
                 "best_val_elbo": round(run["summary"]["best_val_elbo"], 3),
-                "test_log_px": round(run["summary"]["test_log_px"], 3)} for run in finished]
+                "test_log_px": round(run["summary"]["test"]["log_px"], 3)} for run in finished]
     with (args.out / "convergence.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(patience[0]))
         writer.writeheader()
@@ -171,7 +186,8 @@ def main():
             markdown(chosen_rule_rows(runs)), "",
             "## What each patience would have given", "", markdown(patience), ""]
     if results:
-        text += ["## Finished runs", "", markdown(results), ""]
+        text += ["## Finished runs", "", markdown(results), "", "## Their seed spread", "",
+                 markdown(finished_spread(results)), ""]
     text += ["![convergence](convergence.png)", ""]
     (args.out / "convergence.md").write_text("\n".join(text))
     print("\n".join(text))

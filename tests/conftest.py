@@ -58,6 +58,13 @@ def run_cli(args, cwd, timeout=300, env=None):
     return subprocess.run([str(CLI), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment)
 
 
+def finished_tiny_run(run_dir, *overrides):
+    """Train a tiny run (TINY, diag unless the overrides say otherwise) into run_dir, from its parent folder."""
+    result = run_cli(["train", "family=diag", *TINY, *overrides, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
 def start_cli(args, cwd):
     return subprocess.Popen([str(CLI), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "120"})

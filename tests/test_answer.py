@@ -53,13 +53,13 @@ def test_answer_runs_every_family_publishes_and_rerun_skips(tmp_path):
     runs, published = tmp_path / "runs", tmp_path / "answer"
 
     # every family's answer runs (the registry's), each at the latent sizes from its min_latent_dim: today diag,
-    # cholesky, corr, rank1sum at d = 2 and 4; diag widened to cholesky's budget and lowrank (k=4) at d = 4 only
+    # cholesky, corr, rank1sum, sqrt at d = 2 and 4; diag widened to cholesky's budget and lowrank (k=4) at d = 4 only
     expected = {(name, str(d), setting(run, "model.match_params") or "")
                 for name, family in FAMILIES.items() for run in family.answer_runs
                 for d in DIMS if d >= run.min_latent_dim}
     rows = list(csv.DictReader((published / "summary.csv").open()))
     cells = {(row["family.name"], row["latent_dim"], row["model.match_params"]) for row in rows}
-    assert len(rows) == len(cells) == len(expected) == 10 and cells == expected, sorted(cells)
+    assert len(rows) == len(cells) == len(expected) == 12 and cells == expected, sorted(cells)
     # each family at its tuned setting, not the default (read from the configs: long folder names are shortened)
     configs = {p.parent.parent.name: OmegaConf.load(p) for p in runs.glob("*/.hydra/config.yaml")}
     for name, cfg in configs.items():
@@ -71,7 +71,7 @@ def test_answer_runs_every_family_publishes_and_rerun_skips(tmp_path):
             assert same(OmegaConf.select(cfg, key), value), (name, override, OmegaConf.select(cfg, key))
     # the published answer's families and rates, pinned (a family joins the answer with its own answer_runs)
     assert {(cfg.family.name, cfg.train.lr) for cfg in configs.values()} == {
-        ("diag", 3e-3), ("cholesky", 3e-3), ("corr", 3e-3), ("lowrank", 3e-3), ("rank1sum", 1e-3)}
+        ("diag", 3e-3), ("cholesky", 3e-3), ("corr", 3e-3), ("lowrank", 3e-3), ("rank1sum", 1e-3), ("sqrt", 1e-3)}
 
     # the gaps of every seed-0 run, on the same 8 test images
     gaps = mtimes(runs, "gaps.json")

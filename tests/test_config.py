@@ -58,3 +58,10 @@ def test_long_sweep_folder_names_are_shortened_and_stay_distinct():
     assert len(short_dirname(long_a)) == DIRNAME_LIMIT and short_dirname(long_a) == short_dirname(long_a)
     assert short_dirname(long_a) != short_dirname(long_b)
     assert short_dirname(long_a).startswith(long_a[:100])
+
+
+def test_a_path_in_a_sweep_override_names_one_folder():
+    from vae_compare.config import short_dirname
+
+    name = short_dirname("family=diag,train.decoder_from=/runs/source")
+    assert "/" not in name and name == "family=diag,train.decoder_from=%2Fruns%2Fsource"

@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from conftest import TINY, run_cli
+from conftest import TINY, finished_tiny_run, run_cli
 from test_faults import LONG, interrupt
 
 pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]
@@ -31,11 +31,7 @@ def assert_same(first, second):
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A finished tiny diag run whose decoder the others borrow."""
-    base = tmp_path_factory.mktemp("frozen")
-    run_dir = base / "source"
-    result = run_cli(["train", "family=diag", *TINY, f"hydra.run.dir={run_dir}"], cwd=base)
-    assert result.returncode == 0, result.stderr
-    return run_dir
+    return finished_tiny_run(tmp_path_factory.mktemp("frozen") / "source")
 
 
 def test_every_family_trains_its_encoder_against_the_same_frozen_decoder(tmp_path, source):

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, finished_tiny_run, run_cli
 
 pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]
 
@@ -22,11 +22,7 @@ def fingerprint(folder):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished tiny diag run."""
-    base = tmp_path_factory.mktemp("refusals")
-    run_dir = base / "finished"
-    result = run_cli(["train", "family=diag", *TINY, f"hydra.run.dir={run_dir}"], cwd=base)
-    assert result.returncode == 0, result.stderr
-    return run_dir
+    return finished_tiny_run(tmp_path_factory.mktemp("refusals") / "finished")
 
 
 @pytest.fixture

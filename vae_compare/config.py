@@ -200,7 +200,9 @@ DIRNAME_LIMIT = 200
 def short_dirname(name: str) -> str:
     """A sweep job's folder name (its overrides, Hydra's override_dirname), kept within DIRNAME_LIMIT characters:
     a longer one keeps its beginning and ends with a hash of the whole, so a rerun of the sweep finds the same
-    folder and two long names never share one."""
+    folder and two long names never share one. A "/" in a value (a path: train.decoder_from) is written %2F, as
+    in a URL, so that the job's folder is one folder, not a tree."""
+    name = name.replace("/", "%2F")
     if len(name) <= DIRNAME_LIMIT:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:12]

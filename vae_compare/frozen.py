@@ -1,10 +1,13 @@
 """train.decoder_from: a finished run's decoder, loaded into a new run and frozen, so that every family's
 encoder is trained against the identical decoder (the positive control of docs/control.md)."""
 
+from enum import Enum
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from vae_compare import UserError, rundir
-from vae_compare.config import flatten, plain
+from vae_compare.config import flatten
 from vae_compare.export import BEST
 
 
@@ -19,11 +22,13 @@ def frozen_decoder(cfg):
     if summary is None or not (folder / BEST).is_file():
         raise UserError(f"train.decoder_from={source}: not a finished run folder (it needs summary.json with "
                         f"status complete and {BEST})")
-    theirs, ours = flatten(summary["config"]), flatten(plain(cfg))
+    theirs = flatten(summary["config"])
+    # read one key at a time: the CLI's composed config also holds Hydra's, which resolves only in a job
     for name in ("data.name", "data.binarize", "latent_dim"):
-        if theirs[name] != ours[name]:
+        ours = OmegaConf.select(cfg, name)
+        if theirs[name] != (str(ours) if isinstance(ours, Enum) else ours):
             raise UserError(f"train.decoder_from={source} was trained with {name}={theirs[name]}, this run has "
-                            f"{ours[name]}")
+                            f"{ours}")
     prefix = "decoder."
     return {name[len(prefix):]: value for name, value in rundir.load_best(folder).items() if name.startswith(prefix)}
 

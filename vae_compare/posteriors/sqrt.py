@@ -4,7 +4,7 @@ import torch
 
 from vae_compare.linalg import cholesky_or_nan, log_density_from_whitened, log_det_tril, solve_cholesky
 from vae_compare.posteriors.base import FactorHeadFamily
-from vae_compare.posteriors.study import OFFDIAG_SCALES, grid
+from vae_compare.posteriors.study import OFFDIAG_SCALES, AnswerRun, grid
 
 
 class SqrtGaussian(FactorHeadFamily):
@@ -32,8 +32,8 @@ class SqrtGaussian(FactorHeadFamily):
     few_columns = "(1/k) G G^T with fewer than {d} columns is singular, so S would be the jitter alone on the rest"
     # no diagonal part: no scale transform to choose
     tuning_grid = grid(OFFDIAG_SCALES)
-    # not in the answer until the tuning grid has selected its setting
-    answer_runs = ()
+    # the tuning grid's selection (docs/tuning.md): offdiag_scale 0.1 at lr 1e-3, as rank1sum's
+    answer_runs = (AnswerRun(("family.offdiag_scale=0.1", "train.lr=1e-3")),)
 
     @classmethod
     def config_error(cls, family_cfg, latent_dim):

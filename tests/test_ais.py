@@ -83,22 +83,26 @@ def test_linear_gaussian_from_the_prior(linear):
     assert stderr < 0.1
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_bernoulli_decoder_against_quadrature(bernoulli, bernoulli_ais):
     error = bernoulli_ais.log_px - bernoulli.log_px
     assert (error.abs() < 4 * bernoulli_ais.stderr).all()
     assert abs(error.mean()) < 4 * bernoulli_ais.stderr.square().mean().sqrt() / math.sqrt(8)
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_the_step_size_reaches_the_target_acceptance(bernoulli_ais):
     assert (bernoulli_ais.acceptance - 0.65).abs().max() < 0.1
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_doubling_chains_and_temperatures_moves_the_estimate_by_less_than_0_08_nat(bernoulli, bernoulli_ais):
     doubled = ais_log_px(bernoulli.log_likelihood, bernoulli.x, *bernoulli.box(), chains=64, temperatures=400,
                          leapfrog_steps=5, generator=seeded(1))
     assert abs((doubled.log_px - bernoulli_ais.log_px).mean()) < 0.08
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_a_seed_gives_the_same_result_every_time(bernoulli):
     def run(seed):
         return ais_log_px(bernoulli.log_likelihood, bernoulli.x, *bernoulli.box(), chains=4, temperatures=20,

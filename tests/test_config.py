@@ -65,3 +65,12 @@ def test_a_path_in_a_sweep_override_names_one_folder():
 
     name = short_dirname("family=diag,train.decoder_from=/runs/source")
     assert "/" not in name and name == "family=diag,train.decoder_from=%2Fruns%2Fsource"
+
+
+def test_a_recorded_config_gets_the_default_of_a_key_added_since():
+    from vae_compare.config import recorded_config
+
+    old = {"latent_dim": 8, "eval": {"iwae_samples": 1000}}  # written before eval.log_px_proposal existed
+    flat = recorded_config(old)
+    assert flat["latent_dim"] == 8 and flat["eval.iwae_samples"] == 1000
+    assert flat["eval.log_px_proposal"] == "encoder" and flat["train.decoder_from"] is None

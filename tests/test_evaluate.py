@@ -88,7 +88,10 @@ def exact_elbo(model, pixels, num_samples=4000):
     return elbo, log_lik.std(0) / math.sqrt(num_samples)
 
 
-CASES = [(1, "diag", 0), (2, "diag", 0), (2, "cholesky", 0), (2, "lowrank", 1)]
+# the latent_dim-2 grids take seconds each: the full suite runs them, the fast tier the latent_dim-1 case
+SLOW = pytest.mark.slow
+CASES = [(1, "diag", 0), pytest.param(2, "diag", 0, marks=SLOW), pytest.param(2, "cholesky", 0, marks=SLOW),
+         pytest.param(2, "lowrank", 1, marks=SLOW)]
 
 
 @pytest.mark.parametrize("latent_dim,family,rank", CASES)
@@ -107,7 +110,7 @@ def test_iwae_matches_grid_integration(latent_dim, family, rank):
     assert (estimate >= elbo + 3 * elbo_error).all()
 
 
-@pytest.mark.parametrize("latent_dim,family,rank", [(1, "diag", 0), (2, "lowrank", 1)])
+@pytest.mark.parametrize("latent_dim,family,rank", [(1, "diag", 0), pytest.param(2, "lowrank", 1, marks=SLOW)])
 def test_iwae_increases_with_k_and_k1_is_the_elbo(latent_dim, family, rank):
     model = tiny_vae(latent_dim, family, rank)
     pixels = random_images()
@@ -275,6 +278,7 @@ def test_active_directions_do_not_depend_on_the_basis():
     assert evaluate.active_directions(rotated[:1]) == 0
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_k_curve_rises_towards_the_grid_value():
     model = tiny_vae(2, "cholesky")
     pixels = random_images()

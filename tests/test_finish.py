@@ -17,7 +17,7 @@ from vae_compare import data, finish, pictures
 from vae_compare.config import compose
 from vae_compare.model import build_model
 
-pytestmark = pytest.mark.usefixtures("real_data")
+pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]  # each test writes a run folder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TEST_IMAGES = 64

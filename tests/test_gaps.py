@@ -107,6 +107,7 @@ def test_optimized_diag_falls_short_by_the_closed_form_kl(linear, linear_encoder
     assert (gap - linear.diagonal_gap()).abs().max() < 0.01
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_gap_rows_on_the_linear_model(linear, linear_gaps):
     rows = {row["family"]: row for row in linear_gaps["rows"]}
     assert linear_gaps["log_px"]["proposal"] == "cholesky"
@@ -243,6 +244,7 @@ def trained_vae(real_data):
     return model, cpu_bernoulli(read_images(MNIST, "test")[:32], 0)
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_amortization_gap_of_a_trained_vae(trained_vae):
     model, test_images = trained_vae
     settings = GapsConfig(images=32, families=["diag", "cholesky"], elbo_samples=200, iwae_samples=500)

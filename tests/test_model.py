@@ -35,7 +35,7 @@ def test_equal_budget_widens_the_encoder_only(latent_dim):
         assert matched.encoder_hidden[0] > plain_diag.encoder_hidden[0]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_families_at_one_seed_start_with_identical_shared_parts(seed):
     latent_dim = 4
     models = {family: build_model(config(family, f"latent_dim={latent_dim}", "model.hidden=[32,16]", f"seed={seed}"))

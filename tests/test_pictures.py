@@ -267,8 +267,9 @@ def test_png_and_tensorboard_array_are_the_same_pixels():
     assert array.min() < 100 and array.max() == 255  # something drawn on a white background
 
 
-@pytest.mark.parametrize("latent_dim, families, spread", [(2, 3, 1), (2, 1, 1), (1, 2, 1), (6, 2, 1), (4, 1, 1),
-                                                         (1, 1, 1), (4, 1, 0.05), (2, 2, 0.05)])
+# each case draws a figure (about a second): the fast tier draws three, the full suite all eight
+@pytest.mark.parametrize("latent_dim, families, spread", [(2, 3, 1), (1, 1, 1), (4, 1, 0.05)] + [
+    pytest.param(*case, marks=pytest.mark.slow) for case in [(2, 1, 1), (1, 2, 1), (6, 2, 1), (4, 1, 1), (2, 2, 0.05)]])
 def test_ellipse_figure_text_stays_inside_the_figure_and_off_other_text(latent_dim, families, spread):
     """What the eye checks in the PNG: no label cut off at an edge, no title over another, the legend
     beside the panels. One panel (a run's own figure) and means spread along one direction (a flat, short

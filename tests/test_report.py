@@ -21,6 +21,9 @@ from vae_compare.report.collect import series
 from vae_compare.report.plots import PLOTS
 from vae_compare.report.render import gain_text
 
+# each test builds a report (tables, plots) from fixture runs: seconds each
+pytestmark = pytest.mark.slow
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAMILY_DEFAULTS = {
     "diag": {"rank": 0, "scale_transform": "exp", "scale_floor": 0.0, "offdiag_scale": 0.0},

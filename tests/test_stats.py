@@ -195,6 +195,7 @@ def paired(sweep):
     return out, build_report(root, out, console=Console(file=io.StringIO(), width=200), paired=True)
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_paired_gain_matches_hand_computation(paired):
     _, result = paired
     chol = group(result, 8, "cholesky")
@@ -223,6 +224,7 @@ def test_paired_gain_matches_hand_computation(paired):
     assert diag["gain"] is None
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_paired_analysis_is_labelled_and_uses_shared_seeds_only(paired):
     out, _ = paired
     assert "Paired analysis (report --paired)" in (out / "report.md").read_text()
@@ -237,6 +239,7 @@ def test_paired_analysis_is_labelled_and_uses_shared_seeds_only(paired):
     assert none["gain_n"] == 0 and none["gain"] is None
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_two_way_gains_match_hand_computation(sweep):
     """d=2: diag, cholesky and lowrank at seeds 0 and 1, complete. Gains are differences of variant means
     (-0.6, -1.1); residuals y - variant mean - seed mean + grand mean are -/+0.0667 for diag and +/-0.0333 for
@@ -256,6 +259,7 @@ def test_two_way_gains_match_hand_computation(sweep):
     assert group(result, 2, "cholesky")["elbo_gain"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_verdict_csv_has_one_row_per_comparison(sweep):
     _, out, result = sweep
     rows = export.read_csv(out / "verdict.csv")
@@ -275,6 +279,7 @@ def test_verdict_csv_has_one_row_per_comparison(sweep):
     assert result["verdicts"] and len(result["verdicts"]) == len(rows)
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_verdict_words_are_explained_and_tabled(sweep):
     _, out, result = sweep
     report = (out / "report.md").read_text()
@@ -290,6 +295,7 @@ def test_verdict_words_are_explained_and_tabled(sweep):
     assert result["verdict"] in report
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_matched_runs_are_their_own_group(sweep, paired):
     _, out, result = sweep
     matched = group(result, 8, "diag matched→cholesky")
@@ -303,6 +309,7 @@ def test_matched_runs_are_their_own_group(sweep, paired):
     assert "-0.20 (n=1)" in (paired_out / "report.md").read_text()
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_equivalence_at_the_margin_given(tmp_path):
     """cholesky within 0.35 nat of diag at each of 4 seeds (differences +0.35, -0.25, +0.25, -0.15): equivalent
     at the default ±1 nat, inconclusive at --delta 0.1, where the row states the seeds TOST would need; the
@@ -326,6 +333,7 @@ def test_equivalence_at_the_margin_given(tmp_path):
             main([str(tmp_path), "--out", str(tmp_path / "bad"), "--delta", bad])
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_missing_seeds_are_fitted_on_what_is_there(tmp_path):
     """diag has seeds 0-2, cholesky 0-1 (a missing seed), lowrank only 5-6, which no other variant has: cholesky
     is compared on what is there; lowrank has no gain, and says why."""

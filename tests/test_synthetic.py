@@ -131,6 +131,7 @@ def test_the_true_decoder_refuses_other_shapes(latent_dim, hidden, activation):
         synthetic.true_decoder_state_dict(vae.config)
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_the_posterior_shape_of_a_test_subset_is_the_one_reported():
     _, test = data.load_test(data_cfg(test_size=SUBSET_IMAGES), torch.device("cpu"))
     exact = synthetic.true_posteriors(test.pixels, synthetic.latents("test")[:SUBSET_IMAGES], tolerance=1e-2)

@@ -164,6 +164,7 @@ def test_divergence_stops_fit_with_nothing_written(tmp_path, real_data):
     assert not (tmp_path / CHECKPOINT).exists() and not (tmp_path / METRICS_FILE).exists()
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_patience_stops_training_after_epochs_without_a_better_validation_elbo(tmp_path, real_data):
     """train.patience=2: validation ELBO that stops improving after epoch 2 ends training after epoch 4, and
     the summary says so; without patience every epoch runs."""
@@ -204,6 +205,7 @@ def test_unclipped_step_reports_the_gradient_norm_without_touching_gradients():
 
 
 # ---- burda2016 as the reference implementation runs it --------------------------------------------
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_output_bias_starts_at_the_logit_of_the_training_mean_and_moves_nothing_else(tmp_path, real_data):
     default = tiny_run(tmp_path / "default")
     started = tiny_run(tmp_path / "mean", "model.output_bias=data_mean")
@@ -219,6 +221,7 @@ def test_output_bias_starts_at_the_logit_of_the_training_mean_and_moves_nothing_
     assert not torch.equal(bias, default.model.decoder[-1].bias)
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_adam_settings_reach_the_optimizer(tmp_path, real_data):
     run = tiny_run(tmp_path, "train.adam_eps=1e-4", "train.adam_beta1=0.99")
     group = run.optimizer.param_groups[0]
@@ -236,6 +239,7 @@ def test_adam_beta1_must_be_below_one():
         validate(compose(["train.adam_beta1=1.0"]))
 
 
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
 def test_burda2016_preset_trains_on_the_first_59600_images(real_data):
     from conftest import MNIST
     from vae_compare.config import compose

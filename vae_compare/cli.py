@@ -33,11 +33,11 @@ from vae_compare import UserError, data, lock, sweep
 from vae_compare.config import EVALUATE_KEYS, GAPS_RUN_KEYS, GapsConfig, compose, type_name, validate
 from vae_compare.export import BEST, CHECKPOINT, FAILED_FILE, check_writable
 from vae_compare.finish import reevaluate, reevaluation, summary_table
+from vae_compare.frozen import frozen_decoder
 from vae_compare.gaps_command import gaps_main
 from vae_compare.memory import check_fits
 from vae_compare.report import main as report_main
 from vae_compare.runtime import flush_denormals, job_threads, joblib_workers, pick_device
-from vae_compare.frozen import frozen_decoder
 from vae_compare.train import Diverged, Interrupted, train
 
 USAGE = __doc__.split("\n\n")[1] + """

@@ -59,6 +59,7 @@ ScaleTransform = choices("ScaleTransform", ("exp", "softplus"))
 OffdiagInit = choices("OffdiagInit", ("zero", "random", "default"))
 Activation = choices("Activation", ACTIVATIONS)
 LrSchedule = choices("LrSchedule", ("constant", "burda", "plateau"))
+Proposal = choices("Proposal", ("encoder", "qstar"))
 OutputBias = choices("OutputBias", ("default", "data_mean"))
 
 
@@ -139,6 +140,12 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     iwae_samples: int = key(1000, EVAL, minimum=1)
+    # the importance-sampling proposal of test log p(x): encoder, the run's own q(z|x); or qstar, per image a
+    # full-covariance Gaussian started at the encoder's mean and covariance and fitted on the frozen decoder
+    # (qstar_steps Adam steps of qstar_samples draws), the same kind of proposal for every family
+    log_px_proposal: Proposal = key("encoder", EVAL)
+    qstar_steps: int = key(300, EVAL, minimum=1)
+    qstar_samples: int = key(4, EVAL, minimum=1)
     chunk_size: Optional[int] = key(None, RUNTIME, minimum=1)
     active_threshold: float = key(0.01, EVAL, minimum=0)
     k_curve_images: int = key(1000, EVAL, minimum=1)
@@ -314,6 +321,13 @@ def flatten(config, prefix=""):
         else:
             flat[prefix + name] = value
     return flat
+
+
+def recorded_config(config: dict) -> dict:
+    """A run's recorded config (summary.json's), flattened, with the schema's default for every key added since
+    it was written: a new key's default keeps the behaviour from before it existed, so that is what the run
+    had, and the report does not take the key's absence for a setting that varies."""
+    return {**flatten(plain(OmegaConf.structured(Config))), **flatten(config)}
 
 
 def hparams_of(cfg) -> dict:

@@ -252,20 +252,24 @@ def posterior_diagnostics(model, split, batch_size=1000):
             "condition_number": torch.cat(condition_numbers).median().item()}
 
 
-def final_metrics(model, split, eval_cfg, batch_size=1000, progress=None, seed=0):
+def final_metrics(model, split, eval_cfg, batch_size=1000, progress=None, seed=0, log_px_estimate=None):
     """All test-set numbers of a finished run, as a flat dict of Python floats and ints.
 
     batch_size applies to the single-pass evaluations; the IWAE pass picks its own image batch so that
     eval_cfg.chunk_size keeps meaning "samples per decoder call per IWAE_BATCH_SIZE images". The noise comes
     from generators seeded by `seed`, so two families evaluated at one seed share their first-d noise.
-    `progress(stage, done, total)`, if given, follows the IWAE pass.
+    `progress(stage, done, total)`, if given, follows the IWAE pass. log_px_estimate(model, split, eval_cfg, seed,
+    progress), if given, replaces the encoder-proposal IWAE of log p(x) (eval.log_px_proposal: proposal.py).
     """
     device = split.pixels.device
     metrics = elbo_terms(model, split, batch_size)
     # the clock waits for queued work first, so work from before is not billed to the IWAE pass
     clock = Clock(device)
-    log_px = iwae_log_px(model, split, eval_cfg.iwae_samples, chunk_size=eval_cfg.chunk_size,
-                         noise=Noise(seed, device), progress=progress)
+    if log_px_estimate is None:
+        log_px = iwae_log_px(model, split, eval_cfg.iwae_samples, chunk_size=eval_cfg.chunk_size,
+                             noise=Noise(seed, device), progress=progress)
+    else:
+        log_px = log_px_estimate(model, split, eval_cfg, seed, progress)
     iwae_seconds = clock.lap()
     metrics["log_px"], metrics["log_px_stderr"] = summarize_log_px(log_px)
     metrics["iwae_samples"] = int(eval_cfg.iwae_samples)

@@ -16,6 +16,7 @@ from vae_compare.export import FINAL_FILE
 from vae_compare.labels import run_label
 from vae_compare.model import build_model
 from vae_compare.progress import ProgressBars
+from vae_compare.proposal import qstar_log_px
 from vae_compare.runtime import pick_device
 
 # Final numbers shown in TensorBoard's HPARAMS tab: summary key -> column title there.
@@ -37,7 +38,9 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
     if cfg.eval.on_test:
         test_folder, test = data.load_test(cfg.data, device)
         with Progress(transient=False) as bars:
-            final = evaluate.final_metrics(model, test, cfg.eval, progress=ProgressBars(bars), seed=cfg.seed)
+            estimate = qstar_log_px if cfg.eval.log_px_proposal == "qstar" else None
+            final = evaluate.final_metrics(model, test, cfg.eval, progress=ProgressBars(bars), seed=cfg.seed,
+                                           log_px_estimate=estimate)
     else:
         test_folder, final = data_folder, {}
     summary = {

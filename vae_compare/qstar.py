@@ -126,6 +126,17 @@ def other_family_start(encoder: Posteriors, name, rank) -> Posteriors:
     return Posteriors(family, cfg, encoder.latent_dim, heads)
 
 
+def full_covariance_start(means, covariances, transform="softplus", floor=1e-3) -> Posteriors:
+    """cholesky members with the given means (N, d) and covariances (N, d, d): a full-covariance start that keeps
+    whatever correlations q(z|x) has, whichever family it is, read with offdiag_scale 1."""
+    family, latent_dim = FAMILIES["cholesky"], means.shape[-1]
+    cfg = SimpleNamespace(name="cholesky", rank=0, scale_transform=transform, scale_floor=floor, offdiag_scale=1.0)
+    factor = torch.linalg.cholesky(covariances.double()).to(means.dtype)
+    rows, cols = torch.tril_indices(latent_dim, latent_dim, offset=-1, device=means.device)
+    raw_scale = inverse_positive_scale(factor.diagonal(dim1=-2, dim2=-1), transform, floor)
+    return Posteriors(family, cfg, latent_dim, torch.cat((means, raw_scale, factor[:, rows, cols]), -1))
+
+
 def start_posteriors(encoder: Posteriors, name, rank=4) -> Posteriors:
     """Where q* of family `name` starts (own_family_start or other_family_start); UnsupportedFamily if it cannot."""
     if name == encoder.family.name:

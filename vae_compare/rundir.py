@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from vae_compare import UserError, export
-from vae_compare.config import check_same_config, flatten
+from vae_compare.config import check_same_config, recorded_config
 
 # A folder holding any of these is a run folder, finished or not (params.csv is written before training).
 RUN_MARKERS = {export.SUMMARY_FILE, export.PARAMS_FILE, export.METRICS_FILE, export.FAILED_FILE}
@@ -85,7 +85,7 @@ def find_runs(folder: Path):
         if summary is None:
             unfinished += 1
             continue
-        config = flatten(summary["config"])
+        config = recorded_config(summary["config"])
         runs.append({
             "folder": path,
             "path": path.relative_to(folder).as_posix(),

@@ -149,6 +149,7 @@ def diverged_line(diverged):
 def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_section, tuned=False, diverged=()):
     """report.md up to its plots; verdict_section is verdict.markdown's."""
     iwae = sorted({str(run["summary"].get("test", {}).get("iwae_samples")) for run in runs})
+    proposals = sorted({str(run["config"]["eval.log_px_proposal"]) for run in runs})
     metric = METRIC_NAMES.get(groups[0]["metric"], groups[0]["metric"])
     lines = [
         "# vae-compare report",
@@ -177,7 +178,8 @@ def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_sectio
         verdict_section,
         "## Results",
         "",
-        f"Test log p(x) is the IWAE estimate (k = {', '.join(iwae)} samples) in nats, higher is better "
+        f"Test log p(x) is the IWAE estimate (k = {', '.join(iwae)} samples; proposal: {', '.join(proposals)}, "
+        "eval.log_px_proposal) in nats, higher is better "
         "(NLL = −log p(x)); log p(x) and ELBO are mean ± sd over seeds. The gain is "
         f"{metric}(variant) − {metric}(diag) at the same dataset, latent_dim and "
         f"settings with its simultaneous 95% interval ({ANALYSIS_NAMES[groups[0]['analysis']]}; see Verdict). d is "

@@ -18,6 +18,7 @@ against its saved config here (`check_same_config`).
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import typing
 from dataclasses import dataclass, field
@@ -327,7 +328,13 @@ def recorded_config(config: dict) -> dict:
     """A run's recorded config (summary.json's), flattened, with the schema's default for every key added since
     it was written: a new key's default keeps the behaviour from before it existed, so that is what the run
     had, and the report does not take the key's absence for a setting that varies."""
-    return {**flatten(plain(OmegaConf.structured(Config))), **flatten(config)}
+    return {**schema_defaults(), **flatten(config)}
+
+
+@functools.cache
+def schema_defaults() -> dict:
+    """Every schema key's default, flattened: built once, read for every run a report or gaps finds."""
+    return flatten(plain(OmegaConf.structured(Config)))
 
 
 def hparams_of(cfg) -> dict:

@@ -1,7 +1,6 @@
 """train.decoder_from: a finished run's decoder, loaded into a new run and frozen, so that every family's
 encoder is trained against the identical decoder (the positive control of docs/control.md)."""
 
-from enum import Enum
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -25,8 +24,8 @@ def frozen_decoder(cfg):
     theirs = flatten(summary["config"])
     # read one key at a time: the CLI's composed config also holds Hydra's, which resolves only in a job
     for name in ("data.name", "data.binarize", "latent_dim"):
-        ours = OmegaConf.select(cfg, name)
-        if theirs[name] != (str(ours) if isinstance(ours, Enum) else ours):
+        ours = OmegaConf.select(cfg, name)  # a choice compares equal to its string
+        if theirs[name] != ours:
             raise UserError(f"train.decoder_from={source} was trained with {name}={theirs[name]}, this run has "
                             f"{ours}")
     prefix = "decoder."

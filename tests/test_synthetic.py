@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 from conftest import make_vae, run_cli
-from vae_compare import UserError, data, synthetic
+from vae_compare import UserError, data, model, synthetic
 
 DTYPE = torch.float64
 # sha256 of the first 16 test images (uint8, row-major) at the default data.eval_binarize_seed, and the first
@@ -161,3 +161,23 @@ def test_training_on_the_synthetic_set_runs_end_to_end(tmp_path):
     refused = run_cli(["train", "dataset=synthetic", "data.root=/tmp", f"hydra.run.dir={tmp_path / 'refused'}"],
                       cwd=tmp_path)
     assert refused.returncode != 0 and "reads no files" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_the_true_decoder_trains_only_the_encoder(tmp_path):
+    run_dir = tmp_path / "run"
+    settings = ["dataset=synthetic", "latent_dim=2", "model.activation=gelu", "family=cholesky", "data.train_size=256",
+                "data.val_size=128", "data.test_size=64", "model.hidden=[64]", "train.epochs=2", "train.batch_size=64",
+                "eval.iwae_samples=16", "train.threads=1", "train.decoder_from=true_decoder"]
+    result = run_cli(["train", *settings, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["decoder"] == "frozen from true_decoder"
+    weights = torch.load(run_dir / "best.pt", weights_only=True)
+    config = model.vae_config(OmegaConf.create(summary["config"]))
+    for name, value in synthetic.true_decoder_state_dict(config).items():
+        assert torch.equal(weights[f"decoder.{name}"], value), name
+    refused = run_cli(["train", "train.decoder_from=true_decoder", "latent_dim=2", f"hydra.run.dir={tmp_path / 'refused'}"],
+                      cwd=tmp_path)
+    assert refused.returncode == 2 and "only dataset=synthetic has a true decoder" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()

@@ -128,7 +128,8 @@ class TrainConfig:
     adam_beta1: float = key(0.9, minimum=0, below=1)
     kl_weight: float = key(1.0, minimum=0)
     # a finished run folder: train only the encoder, against that run's best decoder with its weights frozen, so
-    # that every family meets the identical decoder (null: the decoder is trained with the encoder)
+    # that every family meets the identical decoder; `true_decoder` (dataset=synthetic): the generating model's decoder;
+    # null: the decoder is trained with the encoder
     decoder_from: Optional[str] = key(None)
     grad_clip: Optional[float] = key(None, above=0)
     image_every: int = key(5, RUNTIME, minimum=1)

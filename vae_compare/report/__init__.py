@@ -29,16 +29,17 @@ from vae_compare.report.plots import plot_colours, posterior_markdown, write_plo
 from vae_compare.report.inference import DEFAULT_DELTA
 from vae_compare.report.render import console_table, diverged_line, markdown_table, report_markdown, summary_rows
 from vae_compare.report.select import select_settings, selection_table
-from vae_compare.report.stats import ANALYSIS_NAMES, make_groups
+from vae_compare.report.stats import ANALYSIS_NAMES, COMPARISON_METRIC, METRIC_NAMES, make_groups
 from vae_compare.rundir import find_diverged, find_runs
 
 
 def build_report(folder: Path, out: Path | None = None, console=None, select=False, tuned=False, paired=False,
-                 delta=DEFAULT_DELTA) -> dict:
+                 delta=DEFAULT_DELTA, metric=COMPARISON_METRIC) -> dict:
     """Summarize every finished run below folder into out (default: folder); returns the numbers. With
     select, only choose each family's setting by validation ELBO (selected.csv, selection.md). With tuned,
     compare each family at its own setting (label_runs). paired: the per-seed paired analysis instead of the
-    two-way model; delta: the equivalence margin in nats."""
+    two-way model; delta: the equivalence margin in nats; metric: what the gains compare (METRIC_NAMES: test
+    ELBO for runs that share a frozen decoder, whose log p(x) is the decoder's and the same for every family)."""
     if not 0 < delta < math.inf:
         raise UserError(f"--delta must be a positive number of nats, not {delta}")
     folder = Path(folder).expanduser()
@@ -72,7 +73,7 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
         console.print(selection_table(rows))
         console.print(f"selection: {out / 'selection.md'}")
         return {"runs": len(runs), "unfinished": unfinished, "selected": rows, "out": str(out)}
-    groups, cells = make_groups(runs, paired=paired, delta=delta)
+    groups, cells = make_groups(runs, paired=paired, delta=delta, metric=metric)
     export.write_csv(out / "summary.csv", summary_rows(runs, varying_keys))
     posterior_plots = write_plots(runs, groups, out)
     markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys,
@@ -118,6 +119,9 @@ def main(args: list[str]) -> None:
     parser.add_argument("--delta", type=float, default=DEFAULT_DELTA, metavar="NATS",
                         help=f"equivalence margin for TOST: a gain within ±NATS of diag's counts as equivalent "
                              f"(default {DEFAULT_DELTA:g})")
+    parser.add_argument("--metric", choices=sorted(METRIC_NAMES), default=COMPARISON_METRIC,
+                        help=f"what the gains and verdicts compare (default {COMPARISON_METRIC}); elbo for encoders "
+                             f"trained on one frozen decoder (train.decoder_from), whose log p(x) is the decoder's")
     options = parser.parse_args(args)
     build_report(options.folder, options.out, select=options.select, tuned=options.tuned, paired=options.paired,
-                 delta=options.delta)
+                 delta=options.delta, metric=options.metric)

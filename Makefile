@@ -7,7 +7,7 @@ VENV := .venv
 SHARED_DATA := $(abspath ../shared/data)
 export VAE_COMPARE_DATA ?= $(if $(wildcard $(SHARED_DATA)/mnist),$(SHARED_DATA))
 
-.PHONY: install train test test-fast bench tune answer
+.PHONY: install train test test-fast bench tune answer control
 
 $(VENV)/installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -39,3 +39,8 @@ tune: install
 # ANSWER_SCALE=full make answer is the GPU scale (untested).
 answer: install
 	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/answer.sh $(ARGS)
+
+# The positive control (scripts/control.sh, then scripts/control.py; docs/control.md): when does a full covariance
+# help? Every family's encoder on frozen MNIST decoders and on the synthetic set's true decoder, and learned.
+control: install
+	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/control.sh $(ARGS)

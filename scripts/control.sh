@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The positive control (docs/control.md; `make control`): when does a full covariance help?
 #
-# 1. MNIST, latent_dim 8 and 32: a diag-trained and a cholesky-trained source decoder (quick model, end to end),
-#    then every family's encoder trained against each source decoder frozen (train.decoder_from), 3 seeds.
-# 2. The synthetic set (latent_dim 2, tilted posteriors whose orientation changes per image): every family
+# 1. The synthetic set (latent_dim 2, tilted posteriors whose orientation changes per image): every family
 #    trained with the true decoder frozen (train.decoder_from=true_decoder) and end to end, 3 seeds.
+# 2. MNIST, latent_dim 8 and 32: a diag-trained and a cholesky-trained source decoder (quick model, end to end),
+#    then every family's encoder trained against each source decoder frozen (train.decoder_from), 3 seeds.
 # 3. scripts/control.py: one report per setting (test ELBO for the frozen decoders, whose log p(x) is the
 #    decoder's and the same for every family; test log p(x) for the learned ones), and the page into
 #    $PUBLISH_DIR and docs/control.md.
@@ -14,7 +14,8 @@
 # encoders (patience 3), 2,000 test images; log p(x) of the frozen-decoder runs (not compared) with k=100.
 # Rerunning the same command skips finished runs.
 #
-# Usage: scripts/control.sh [extra overrides]   environment: CONTROL_DIR, PUBLISH_DIR, CONTROL_SEEDS, CONTROL_JOBS,
+# Usage: scripts/control.sh [extra overrides]   environment: CONTROL_DIR, PUBLISH_DIR, CONTROL_SEEDS, CONTROL_DIMS
+#                                              (MNIST latent sizes, default "8 32"), CONTROL_JOBS,
 #                                              PYTHON (default: the python beside $VAE_COMPARE)
 set -uo pipefail
 VAE_COMPARE=${VAE_COMPARE:-vae-compare}
@@ -23,6 +24,7 @@ PYTHON=${PYTHON:-$(dirname "$(command -v "$VAE_COMPARE")")/python}
 CONTROL_DIR=${CONTROL_DIR:-outputs/control_runs}
 PUBLISH_DIR=${PUBLISH_DIR:-outputs/control}
 SEEDS=${CONTROL_SEEDS:-0,1,2}
+DIMS=${CONTROL_DIMS:-8 32}
 LAUNCH=(hydra/launcher=joblib "hydra.launcher.n_jobs=${CONTROL_JOBS:-2}" train.threads=1)
 EVAL=(experiment=quick data.test_size=2000 eval.k_curve_images=500)
 ENCODER=(data.train_size=20000 train.epochs=12 train.patience=3)
@@ -32,27 +34,7 @@ status=0
 # the families' tuned lines without the equal-budget runs (a frozen decoder leaves no budget to match)
 families() { "$PYTHON" -m vae_compare.posteriors answer "$1" | grep -v match_params; }
 
-# 1. MNIST: source decoders, two at a time
-for d in 8 32; do
-    for f in diag cholesky; do
-        "$VAE_COMPARE" train "${EVAL[@]}" train.epochs=40 train.patience=5 train.threads=1 seed=0 family=$f latent_dim=$d \
-            "hydra.run.dir=$CONTROL_DIR/mnist/decoder_${f}_d$d" "$@" &
-    done
-    wait || status=1
-done
-for d in 8 32; do
-    mapfile -t LINES < <(families "$d")
-    for f in diag cholesky; do
-        source_dir=$CONTROL_DIR/mnist/decoder_${f}_d$d
-        for line in "${LINES[@]}"; do
-            # shellcheck disable=SC2086  # the overrides are words
-            "$VAE_COMPARE" train -m $line "${EVAL[@]}" "${ENCODER[@]}" "${FROZEN_EVAL[@]}" "${LAUNCH[@]}" "seed=$SEEDS" \
-                "train.decoder_from=$source_dir" "hydra.sweep.dir=$CONTROL_DIR/mnist/frozen_${f}_d$d" "$@" || status=1
-        done
-    done
-done
-
-# 2. synthetic: the true decoder frozen, then learned
+# 1. synthetic (first: it is the control whose answer is known): the true decoder frozen, then learned
 SYNTHETIC=(dataset=synthetic model.activation=gelu)
 mapfile -t LINES < <(families 2)
 for line in "${LINES[@]}"; do
@@ -64,6 +46,26 @@ for line in "${LINES[@]}"; do
     # shellcheck disable=SC2086
     "$VAE_COMPARE" train -m $line "${SYNTHETIC[@]}" "${EVAL[@]}" "${ENCODER[@]}" "${LAUNCH[@]}" "seed=$SEEDS" \
         "hydra.sweep.dir=$CONTROL_DIR/synthetic/learned" "$@" || status=1
+done
+
+# 2. MNIST: source decoders, two at a time
+for d in $DIMS; do
+    for f in diag cholesky; do
+        "$VAE_COMPARE" train "${EVAL[@]}" train.epochs=40 train.patience=5 train.threads=1 seed=0 family=$f latent_dim=$d \
+            "hydra.run.dir=$CONTROL_DIR/mnist/decoder_${f}_d$d" "$@" &
+    done
+    for job in $(jobs -p); do wait "$job" || status=1; done
+done
+for d in $DIMS; do
+    mapfile -t LINES < <(families "$d")
+    for f in diag cholesky; do
+        source_dir=$CONTROL_DIR/mnist/decoder_${f}_d$d
+        for line in "${LINES[@]}"; do
+            # shellcheck disable=SC2086  # the overrides are words
+            "$VAE_COMPARE" train -m $line "${EVAL[@]}" "${ENCODER[@]}" "${FROZEN_EVAL[@]}" "${LAUNCH[@]}" "seed=$SEEDS" \
+                "train.decoder_from=$source_dir" "hydra.sweep.dir=$CONTROL_DIR/mnist/frozen_${f}_d$d" "$@" || status=1
+        done
+    done
 done
 
 # 3. the reports and the page

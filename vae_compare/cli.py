@@ -3,6 +3,7 @@
     vae-compare train [hydra overrides]          train one run, or a sweep with -m
     vae-compare evaluate RUN_FOLDER [overrides]  re-evaluate a finished run (e.g. eval.iwae_samples=5000)
     vae-compare gaps FOLDER [gaps.<key>=...]     approximation and amortization gaps of finished runs
+    vae-compare calibrate FOLDER [calibration.<key>=...]  log p(x) estimators against quadrature or AIS
     vae-compare report FOLDER                    summarize every run below FOLDER
 
 Hydra owns sys.argv, so the subcommand word is removed and the arguments are handed to the Hydra app
@@ -33,6 +34,7 @@ from vae_compare import UserError, data, lock, sweep
 from vae_compare.config import EVALUATE_KEYS, GAPS_RUN_KEYS, GapsConfig, compose, type_name, validate
 from vae_compare.export import BEST, CHECKPOINT, FAILED_FILE, check_writable
 from vae_compare.finish import reevaluate, reevaluation, summary_table
+from vae_compare.calibration import CalibrationConfig, calibrate_main
 from vae_compare.frozen import frozen_decoder
 from vae_compare.gaps_command import gaps_main
 from vae_compare.memory import check_fits
@@ -294,11 +296,24 @@ def gaps_command(args):
     gaps_main(folder, overrides, get_console())
 
 
+def calibrate_command(args):
+    keys = ", ".join(f"calibration.{item.name}" for item in dataclasses.fields(CalibrationConfig))
+    folder, overrides = folder_and_overrides(
+        args, "vae-compare calibrate",
+        "The log p(x) estimators' bias against a reference (quadrature at latent_dim 2, AIS above) for every "
+        "finished run at or below FOLDER; writes calibration.json into each run, which the report gathers into "
+        "calibration.csv. Runs calibrated with the same settings are skipped.",
+        "FOLDER", "a run, sweep or outputs folder",
+        f"any of: {keys}, {', '.join(GAPS_RUN_KEYS)} (e.g. calibration.images=200)")
+    calibrate_main(folder, overrides, get_console())
+
+
 def report_command(args):
     report_main(args)
 
 
-COMMANDS = {"train": train_command, "evaluate": evaluate_command, "gaps": gaps_command, "report": report_command}
+COMMANDS = {"train": train_command, "evaluate": evaluate_command, "gaps": gaps_command,
+            "calibrate": calibrate_command, "report": report_command}
 
 
 def main(argv=None):

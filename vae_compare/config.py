@@ -12,8 +12,8 @@ A key's role says what it changes:
     gaps     `vae-compare gaps` (GapsConfig): read by that command only, given on its command line as gaps.<key>=...
 
 Every config is made here: a job's by Hydra's compose API (`compose`), a finished run's from its folder with a
-command's overrides (`run_config`), the gaps command's settings (`gaps_settings`), and a resumed run is checked
-against its saved config here (`check_same_config`).
+command's overrides (`run_config`), the settings of the gaps and calibrate commands (`command_settings`), and a
+resumed run is checked against its saved config here (`check_same_config`).
 """
 
 import dataclasses
@@ -372,21 +372,21 @@ def run_config(folder, overrides, command="evaluate"):
     return cfg
 
 
-def gaps_settings(overrides):
-    """(GapsConfig node, overrides of the run's own config) from `gaps.<key>=value` and GAPS_RUN_KEYS overrides;
-    UserError, one line, for anything else or a value out of range."""
-    gaps_values, run_values = [], []
+def command_settings(overrides, schema, prefix, command):
+    """(schema node, overrides of the run's own config) of a command on finished runs (gaps, calibrate) from
+    `<prefix>.<key>=value` and GAPS_RUN_KEYS overrides; UserError, one line, for anything else or a bad value."""
+    own, run_values = [], []
     for override in overrides:
         name = override.split("=", 1)[0]
-        if "=" in override and name.startswith("gaps."):
-            gaps_values.append(override[len("gaps."):])
+        if "=" in override and name.startswith(prefix + "."):
+            own.append(override[len(prefix) + 1:])
         elif "=" in override and name in GAPS_RUN_KEYS:
             run_values.append(override)
         else:
-            raise UserError(f"gaps takes gaps.<key>=value and {', '.join(GAPS_RUN_KEYS)} overrides, got {override!r} "
-                            f"(keys: {', '.join('gaps.' + item.name for item in dataclasses.fields(GapsConfig))})")
-    settings = merged(GapsConfig, [], gaps_values, "gaps override")
-    check_ranges(OmegaConf.create({"gaps": settings}), GapsConfig, "gaps.")
+            raise UserError(f"{command} takes {prefix}.<key>=value and {', '.join(GAPS_RUN_KEYS)} overrides, got "
+                            f"{override!r} (keys: {', '.join(f'{prefix}.{item.name}' for item in dataclasses.fields(schema))})")
+    settings = merged(schema, [], own, f"{prefix} override")
+    check_ranges(OmegaConf.create({prefix: settings}), schema, prefix + ".")
     return settings, run_values
 
 

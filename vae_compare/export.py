@@ -25,6 +25,7 @@ ELLIPSES_PNG, CORRELATIONS_PNG = "posterior_ellipses.png", "posterior_correlatio
 FAILED_FILE = "failed.txt"
 # `vae-compare gaps`: the gaps per q* (gaps.csv) and the whole measurement (gaps.json, written last).
 GAPS_JSON, GAPS_CSV = "gaps.json", "gaps.csv"
+CALIBRATION_JSON, CALIBRATION_CSV = "calibration.json", "calibration.csv"
 UMASK = os.umask(0)
 os.umask(UMASK)
 # The temporary file of the write in progress, so that an exit that skips cleanup (a second Ctrl-C) can remove it.

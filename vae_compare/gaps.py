@@ -149,17 +149,23 @@ def model_gaps(model, pixels, settings: GapsConfig = None, progress: Optional[Ca
     return result
 
 
-def run_gaps(folder, settings, run_overrides, progress=None):
-    """model_gaps of a finished run's best weights on its test images; writes TensorBoard scalars under gaps/,
-    gaps.csv and gaps.json (last: a run with gaps.json is measured). Returns gaps.json's content."""
-    summary = rundir.read_summary(folder)
-    if summary is None:
+def trained_run(folder, run_overrides, command):
+    """(config, model with the best weights, test split) of a finished run, for `command`."""
+    if rundir.read_summary(folder) is None:
         raise UserError(f"{folder} has not finished training; finish it first: vae-compare train resume={folder}")
-    cfg = run_config(folder, run_overrides, "gaps")
+    cfg = run_config(folder, run_overrides, command)
     device = pick_device(cfg.device)
     model = build_model(cfg).to(device)
     model.load_state_dict(rundir.load_best(folder))
     _, test = data.load_test(cfg.data, device)
+    return cfg, model, test
+
+
+def run_gaps(folder, settings, run_overrides, progress=None):
+    """model_gaps of a finished run's best weights on its test images; writes TensorBoard scalars under gaps/,
+    gaps.csv and gaps.json (last: a run with gaps.json is measured). Returns gaps.json's content."""
+    cfg, model, test = trained_run(folder, run_overrides, "gaps")
+    summary = rundir.read_summary(folder)
     if settings.images > len(test):
         raise UserError(f"gaps.images={settings.images} but the run's test set has {len(test)} images")
     result = model_gaps(model, test.pixels, settings, progress)

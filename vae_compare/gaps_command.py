@@ -1,14 +1,12 @@
 """`vae-compare gaps FOLDER [overrides]`: the inference gaps of every finished run at or below FOLDER, one run
 at a time (gaps.run_gaps), with progress bars and a table of each run's gaps and rotation diagnostic."""
 
-from pathlib import Path
-
 from omegaconf import OmegaConf
 from rich.progress import Progress
 from rich.table import Table
 
-from vae_compare import UserError, export, lock, rundir
-from vae_compare.config import gaps_settings
+from vae_compare import export, lock, rundir
+from vae_compare.config import GapsConfig, command_settings
 from vae_compare.gaps import run_gaps
 from vae_compare.progress import ProgressBars
 from vae_compare.rotation import ROTATION_COLUMNS
@@ -17,14 +15,8 @@ from vae_compare.rotation import ROTATION_COLUMNS
 def gaps_main(folder, overrides, console):
     """The gaps of every finished run at or below FOLDER (a run, a sweep or an outputs folder). A run whose
     gaps.json has the same settings is skipped, so a rerun finishes the rest."""
-    settings, run_overrides = gaps_settings(overrides)
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder")
-    runs, unfinished = rundir.find_runs(folder)
-    if not runs:
-        raise UserError(f"no finished run at or below {folder}" + (f" ({unfinished} unfinished: finish them with "
-                                                                   "vae-compare train resume=RUN_FOLDER)" if unfinished else ""))
+    settings, run_overrides = command_settings(overrides, GapsConfig, "gaps", "gaps")
+    runs, unfinished = rundir.finished_runs_below(folder)
     wanted = OmegaConf.to_container(settings, enum_to_str=True)
     results = []
     for index, run in enumerate(runs, 1):

@@ -24,17 +24,25 @@ def fitted_proposal(log_likelihood, x, means, covariance_matrices, steps, sample
     return fitted
 
 
-def qstar_log_px(model, split, eval_cfg, seed, progress=None):
-    """Per-image log p(x), (N,): IWAE with eval_cfg.iwae_samples draws from the fitted full-covariance proposal.
-    The optimiser draws from its own stream (seed + 2); the estimate from the stream the encoder proposal uses."""
+def qstar_proposal(model, split, eval_cfg, seed, progress=None):
+    """The fitted full-covariance proposal of every image of split (a qstar.Posteriors), started at the encoder's
+    mean and covariance; the optimiser draws from its own stream (seed + 2)."""
     x, device = split.pixels, split.pixels.device
     with torch.no_grad():
         heads = torch.cat([model.encoder(batch) for batch in x.split(1000)])
     encoder = Posteriors(model.family, model.family_values, model.latent_dim, heads)
     means = torch.cat([encoder.distribution(slice(first, first + 1000)).mean for first in range(0, len(x), 1000)])
     with frozen(model):
-        proposal = fitted_proposal(model.log_likelihood, x, means, covariances(encoder), eval_cfg.qstar_steps,
-                                   eval_cfg.qstar_samples, Noise(seed + 2, device), progress)
+        return fitted_proposal(model.log_likelihood, x, means, covariances(encoder), eval_cfg.qstar_steps,
+                               eval_cfg.qstar_samples, Noise(seed + 2, device), progress)
+
+
+def qstar_log_px(model, split, eval_cfg, seed, progress=None, proposal=None):
+    """Per-image log p(x), (N,): IWAE with eval_cfg.iwae_samples draws from the fitted full-covariance proposal
+    (qstar_proposal, or the one given), from the stream the encoder proposal uses."""
+    if proposal is None:
+        proposal = qstar_proposal(model, split, eval_cfg, seed, progress)
+    device = split.pixels.device
     chunk_size = eval_cfg.chunk_size or default_chunk_size(model, IWAE_BATCH_SIZE, device)
-    return importance_log_px(model.log_likelihood, x, proposal.distribution, eval_cfg.iwae_samples, chunk_size,
-                             noise=Noise(seed, device), progress=progress)
+    return importance_log_px(model.log_likelihood, split.pixels, proposal.distribution, eval_cfg.iwae_samples,
+                             chunk_size, noise=Noise(seed, device), progress=progress)

@@ -51,13 +51,18 @@ def write_summary(folder: Path, summary: dict) -> None:
     export.write_json(folder / export.SUMMARY_FILE, summary)
 
 
-# ---- gaps.json and gaps.csv -----------------------------------------------------------------------------------
-def read_gaps(folder: Path):
-    """A run's gaps.json, or None."""
+# ---- gaps.json, gaps.csv and calibration.json ------------------------------------------------------------------
+def read_json(path: Path):
+    """A JSON file a command wrote into a run (gaps.json, calibration.json), or None."""
     try:
-        return json.loads((Path(folder) / export.GAPS_JSON).read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_gaps(folder: Path):
+    """A run's gaps.json, or None."""
+    return read_json(Path(folder) / export.GAPS_JSON)
 
 
 def write_gaps(folder: Path, result: dict) -> None:
@@ -75,6 +80,19 @@ def run_folders(folder: Path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skip .hydra and friends
         if RUN_MARKERS & set(files):
             yield Path(path)
+
+
+def finished_runs_below(folder):
+    """find_runs' (finished runs, unfinished count) at or below folder, for a command that works on finished runs
+    (gaps, calibrate); a folder with none is one UserError."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    runs, unfinished = find_runs(folder)
+    if not runs:
+        raise UserError(f"no finished run at or below {folder}" + (f" ({unfinished} unfinished: finish them with "
+                                                                   "vae-compare train resume=RUN_FOLDER)" if unfinished else ""))
+    return runs, unfinished
 
 
 def find_runs(folder: Path):

@@ -23,6 +23,7 @@ from rich import get_console
 
 from vae_compare import UserError, export
 from vae_compare.report import verdict
+from vae_compare.report.calibration import calibration_markdown, calibration_rows
 from vae_compare.report.collect import config_keys, family_order, label_runs, varying
 from vae_compare.report.gaps import gap_groups, gaps_markdown, write_gaps_plot
 from vae_compare.report.plots import plot_colours, posterior_markdown, write_plots
@@ -84,6 +85,10 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
         export.write_csv(out / "gaps.csv", gap_rows)
         write_gaps_plot(gap_rows, plot_colours(groups), out)
         markdown += gaps_markdown(gap_rows)
+    calibration = calibration_rows(runs)
+    if calibration:
+        export.write_csv(out / export.CALIBRATION_CSV, calibration)
+        markdown += calibration_markdown(calibration)
     export.atomic_write(out / "report.md", markdown.encode())
     verdict_rows = verdict.write_verdict_csv(groups, cells, out / verdict.VERDICT_FILE)
 
@@ -100,7 +105,7 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
         console.print(diverged_line(diverged), markup=False)
     console.print(f"report: {out / 'report.md'}")
     return {"runs": len(runs), "unfinished": unfinished, "diverged": diverged, "groups": groups, "cells": cells, "verdict": sentences,
-            "verdicts": verdict_rows, "out": str(out), "gaps": gap_rows}
+            "verdicts": verdict_rows, "out": str(out), "gaps": gap_rows, "calibration": calibration}
 
 
 def main(args: list[str]) -> None:

@@ -1,0 +1,137 @@
+"""`vae-compare calibrate FOLDER`: how far each log p(x) estimator sits below a reference, run by run.
+
+On the first calibration.images test images of a finished run, both proposals of eval.log_px_proposal are scored
+with the run's own eval settings (IWAE with eval.iwae_samples draws): `encoder` (the run's q(z|x)) and `qstar`
+(a full-covariance Gaussian fitted per image, proposal.py). Their gap to a reference estimate, per image, is the
+estimator's bias (an IWAE estimate is a lower bound in expectation, so the bias is negative):
+- latent_dim 2: quadrature (quadrature.py) on a float64 copy of the decoder, grids laid by the encoder's q; its
+  check is the grid's error bound.
+- latent_dim > 2: AIS with HMC (ais.py) started from the fitted q*, with calibration.chains chains and
+  calibration.temperatures temperatures; its check is the doubling rule: on the first calibration.check_images
+  images, AIS with both doubled, and the mean change (the reference is good when it is below 0.05 nat).
+A run's result goes to calibration.json (a run with the same settings is skipped on a rerun); the report gathers
+every run's into calibration.csv (report/calibration.py).
+"""
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from omegaconf import OmegaConf
+from rich.progress import Progress
+
+from vae_compare import UserError, export, lock, rundir
+from vae_compare.ais import ais_log_px
+from vae_compare.config import GAPS, command_settings, key
+from vae_compare.evaluate import iwae_log_px, mean_and_stderr
+from vae_compare.gaps import trained_run
+from vae_compare.posteriors import Noise
+from vae_compare.progress import ProgressBars
+from vae_compare.proposal import qstar_log_px, qstar_proposal
+from vae_compare.qstar import covariances, frozen
+from vae_compare.quadrature import quadrature_log_px
+from vae_compare.runtime import Clock
+
+PROPOSALS = ("encoder", "qstar")
+
+
+@dataclass
+class CalibrationConfig:
+    """`vae-compare calibrate FOLDER calibration.<key>=...`: the reference and how many images it covers."""
+
+    # the first this-many test images (the same images for every run)
+    images: int = key(100, GAPS, minimum=1)
+    # AIS (latent_dim > 2): chains per image, temperatures, leapfrog steps per HMC move
+    chains: int = key(16, GAPS, minimum=1)
+    temperatures: int = key(200, GAPS, minimum=2)
+    leapfrog_steps: int = key(5, GAPS, minimum=1)
+    # the doubling check: AIS with twice the chains and temperatures on the first this-many of the images
+    check_images: int = key(20, GAPS, minimum=1)
+    # quadrature (latent_dim 2): the grid's error target in nats per image
+    quadrature_tolerance: float = key(1e-3, GAPS, above=0)
+
+
+def reference(model, x, proposal, settings, seed):
+    """(per-image reference log p(x), its check as a dict) for images x."""
+    latent_dim = model.latent_dim
+    if latent_dim == 2:
+        exact = copy.deepcopy(model).double()
+        start = model.posterior(x)
+        scale_tril = torch.linalg.cholesky(start.covariance().double())
+        estimate = quadrature_log_px(exact.log_likelihood, x.double(), start.mean.double(), scale_tril,
+                                     tolerance=settings.quadrature_tolerance)
+        return estimate.log_px, {"reference": "quadrature", "check": "grid error bound, mean (max)",
+                                 "check_mean": float(estimate.error_bound.mean()),
+                                 "check_max": float(estimate.error_bound.max())}
+    start = proposal.distribution()
+    mean, scale_tril = start.mean.detach(), torch.linalg.cholesky(covariances(proposal)).detach()
+
+    def ais(rows, factor):
+        generator = torch.Generator(x.device).manual_seed(seed + factor)
+        with torch.enable_grad():
+            return ais_log_px(model.log_likelihood, x[rows], mean[rows], scale_tril[rows],
+                              chains=settings.chains * factor, temperatures=settings.temperatures * factor,
+                              leapfrog_steps=settings.leapfrog_steps, generator=generator).log_px
+    base = ais(slice(None), 1)
+    check = slice(0, min(settings.check_images, len(x)))
+    change = ais(check, 2) - base[check]
+    return base, {"reference": f"AIS from q*, {settings.chains} chains, {settings.temperatures} temperatures",
+                  "check": f"doubling both on {len(change)} images: mean change (max |change|)",
+                  "check_mean": float(change.mean()), "check_max": float(change.abs().max())}
+
+
+def calibrate_run(folder, settings, run_overrides, progress=None):
+    """The biases of both proposals against the reference on one finished run; written to calibration.json."""
+    cfg, model, test = trained_run(folder, run_overrides, "calibrate")
+    if settings.images > len(test):
+        raise UserError(f"calibration.images={settings.images} but the run's test set has {len(test)} images")
+    subset = type(test)(test.pixels[:settings.images])
+    x, device = subset.pixels, subset.pixels.device
+    model.eval()
+    clock, seconds, estimates = Clock(device), {}, {}
+    with torch.no_grad():
+        estimates["encoder"] = iwae_log_px(model, subset, cfg.eval.iwae_samples, cfg.eval.chunk_size,
+                                           noise=Noise(cfg.seed, device), progress=progress)
+    seconds["encoder"] = clock.lap()
+    proposal = qstar_proposal(model, subset, cfg.eval, cfg.seed, progress)
+    with torch.no_grad():
+        estimates["qstar"] = qstar_log_px(model, subset, cfg.eval, cfg.seed, progress, proposal=proposal)
+    seconds["qstar"] = clock.lap()
+    with frozen(model):
+        truth, check = reference(model, x, proposal, settings, cfg.seed)
+    seconds["reference"] = clock.lap()
+    summary = rundir.read_summary(folder)
+    rows = [{"proposal": name, "main": name == str(cfg.eval.log_px_proposal), "images": len(x),
+             "iwae_samples": cfg.eval.iwae_samples, **mean_and_stderr("bias", estimates[name].double() - truth.double()),
+             "seconds": seconds[name]} for name in PROPOSALS]
+    result = {"settings": OmegaConf.to_container(settings), "rows": rows, "log_px_reference": float(truth.mean()),
+              "reference_seconds": seconds["reference"], **check,
+              "run": {"family": model.family.name, "latent_dim": cfg.latent_dim, "seed": cfg.seed,
+                      "dataset": str(cfg.data.name), "best_epoch": summary["best_epoch"]}}
+    export.write_json(folder / export.CALIBRATION_JSON, result)
+    return result
+
+
+def calibrate_main(folder, overrides, console):
+    """calibrate_run on every finished run at or below FOLDER; runs measured with the same settings are skipped."""
+    settings, run_overrides = command_settings(overrides, CalibrationConfig, "calibration", "calibrate")
+    runs, unfinished = rundir.finished_runs_below(folder)
+    wanted = OmegaConf.to_container(settings)
+    results = []
+    for index, run in enumerate(runs, 1):
+        existing = rundir.read_json(run["folder"] / export.CALIBRATION_JSON)
+        if existing is not None and existing.get("settings") == wanted:
+            console.print(f"[{index}/{len(runs)}] {run['folder']}: calibrated already ({export.CALIBRATION_JSON})")
+            results.append(existing)
+            continue
+        console.print(f"[{index}/{len(runs)}] {run['folder']}")
+        with lock.hold(run["folder"]), Progress(console=console, transient=True) as progress:
+            result = calibrate_run(run["folder"], settings, run_overrides, ProgressBars(progress))
+        console.print(", ".join(f"{row['proposal']}: bias {row['bias']:+.3f} ± {row['bias_stderr']:.3f} nats "
+                                f"({row['seconds']:.0f} s)" for row in result["rows"])
+                      + f"; reference {result['reference']} ({result['reference_seconds']:.0f} s), {result['check']} "
+                        f"{result['check_mean']:+.3f} ({result['check_max']:.3f})", markup=False)
+        results.append(result)
+    if unfinished:
+        console.print(f"{unfinished} unfinished run(s) below {folder} left out")
+    return results

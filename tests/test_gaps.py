@@ -16,8 +16,9 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 from conftest import MNIST, make_vae
 from vae_compare import gaps, qstar, rotation
-from vae_compare.config import GapsConfig
+from vae_compare.gaps import GapsConfig
 from vae_compare.data import cpu_bernoulli, read_images
+from vae_compare.evaluate import elbo_estimate
 from vae_compare.posteriors import FAMILIES, Noise
 
 DTYPE = torch.float64
@@ -25,6 +26,7 @@ LATENT, PIXELS, SIGMA_X, IMAGES = 3, 5, 1.0, 12
 # The optimiser's defaults, with a finer plateau test: this model is cheap, so the test can ask for the
 # optimum to within a few hundredths of a nat.
 SETTINGS = dict(samples=8, steps=2000, lr=0.02, window=50, tolerance=0.002, lr_drops=2)
+DEFAULT_CHECK = GapsConfig()
 
 
 class LinearGaussian:
@@ -121,7 +123,8 @@ def test_gap_rows_on_the_linear_model(linear, linear_gaps):
     for row in rows.values():
         assert row["inference_gap"] == pytest.approx(row["approximation_gap"] + row["amortization_gap"])
         assert row["amortization_gap"] > 1.0  # the encoder is poor on purpose
-        assert row["images"] == IMAGES and row["steps_max"] <= SETTINGS["steps"]
+        assert row["images"] == IMAGES and row["continuation_gain"] < 0.01
+        assert row["steps_max"] <= SETTINGS["steps"] + DEFAULT_CHECK.check_steps * DEFAULT_CHECK.check_rounds
 
 
 def test_stopping_rule(linear, linear_encoder):
@@ -257,3 +260,31 @@ def test_amortization_gap_of_a_trained_vae(trained_vae):
         assert row["approximation_gap"] > -2 * row["approximation_gap_stderr"]
     assert rows["diag"]["start"] == "encoder"
     assert set(result["rotation"]) == {"encoder", "diag", "cholesky"}
+
+
+def test_the_continuation_check_leaves_less_than_its_tolerance(linear, linear_encoder):
+    """A plateau rule that stops far too early (any change counts as a plateau): the check goes on until a
+    round adds less than check_tolerance, and then 3000 more steps at the last rate change the exact mean ELBO
+    by less than that; from where the rule stopped, they would have changed it by more (the test has power)."""
+    settings = GapsConfig(**{**SETTINGS, "tolerance": math.inf}, elbo_samples=1000, check_steps=1000,
+                          check_tolerance=0.01, check_rounds=8)
+    start = qstar.start_posteriors(linear_encoder, "cholesky")
+    noise = Noise(1, "cpu")
+    early, _ = qstar.optimize_posteriors(linear.log_likelihood, linear.x, start, noise=noise,
+                                         **{**SETTINGS, "tolerance": math.inf})
+
+    def estimate(posteriors):
+        return elbo_estimate(linear.log_likelihood, linear.x, posteriors.distribution, settings.elbo_samples,
+                                  16, noise=Noise(0, "cpu"))[0]
+
+    checked, _, steps, gain = gaps.continue_while_rising(linear.log_likelihood, linear.x, early, estimate(early),
+                                                         settings, noise, estimate)
+    assert gain.mean() < settings.check_tolerance and steps.min() >= settings.check_steps
+
+    def rise_after_more_steps(posteriors):
+        more, _ = qstar.optimize_posteriors(linear.log_likelihood, linear.x, posteriors, samples=8, steps=3000,
+                                            lr=settings.lr / 100, tolerance=-math.inf, lr_drops=0, noise=Noise(2, "cpu"))
+        return (linear.exact_elbo(more.distribution()) - linear.exact_elbo(posteriors.distribution())).mean().item()
+
+    assert rise_after_more_steps(checked) < settings.check_tolerance
+    assert rise_after_more_steps(early) > settings.check_tolerance

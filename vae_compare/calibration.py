@@ -1,8 +1,9 @@
 """`vae-compare calibrate FOLDER`: how far each log p(x) estimator sits below a reference, run by run.
 
 On the first calibration.images test images of a finished run, both proposals of eval.log_px_proposal are scored
-with the run's own eval settings (IWAE with eval.iwae_samples draws): `encoder` (the run's q(z|x)) and `qstar`
-(a full-covariance Gaussian fitted per image, proposal.py). Their gap to a reference estimate, per image, is the
+with the run's own eval settings (IWAE with eval.iwae_samples draws), or those given as overrides (RUN_KEYS, to
+calibrate other settings): `encoder` (the run's q(z|x)) and `qstar` (a full-covariance Gaussian fitted per image,
+proposal.py). Their gap to a reference estimate, per image, is the
 estimator's bias (an IWAE estimate is a lower bound in expectation, so the bias is negative):
 - latent_dim 2: quadrature (quadrature.py) on a float64 copy of the decoder, grids laid by the encoder's q; its
   check is the grid's error bound.
@@ -22,7 +23,7 @@ from rich.progress import Progress
 
 from vae_compare import UserError, export, lock, rundir
 from vae_compare.ais import ais_log_px
-from vae_compare.config import GAPS, command_settings, key
+from vae_compare.config import GAPS, GAPS_RUN_KEYS, command_settings, key
 from vae_compare.evaluate import iwae_log_px, mean_and_stderr
 from vae_compare.gaps import trained_run
 from vae_compare.posteriors import Noise
@@ -33,6 +34,8 @@ from vae_compare.quadrature import quadrature_log_px
 from vae_compare.runtime import Clock
 
 PROPOSALS = ("encoder", "qstar")
+# the run's own keys calibrate may change: where the data are, and the estimator's settings under test
+RUN_KEYS = (*GAPS_RUN_KEYS, "eval.iwae_samples", "eval.qstar_steps", "eval.qstar_samples", "eval.log_px_proposal")
 
 
 @dataclass
@@ -81,7 +84,8 @@ def reference(model, x, proposal, settings, seed):
 
 
 def calibrate_run(folder, settings, run_overrides, progress=None):
-    """The biases of both proposals against the reference on one finished run; written to calibration.json."""
+    """The biases of both proposals against the reference on one finished run, its eval settings changed by
+    run_overrides (RUN_KEYS); written to calibration.json."""
     cfg, model, test = trained_run(folder, run_overrides, "calibrate")
     if settings.images > len(test):
         raise UserError(f"calibration.images={settings.images} but the run's test set has {len(test)} images")
@@ -104,7 +108,8 @@ def calibrate_run(folder, settings, run_overrides, progress=None):
     rows = [{"proposal": name, "main": name == str(cfg.eval.log_px_proposal), "images": len(x),
              "iwae_samples": cfg.eval.iwae_samples, **mean_and_stderr("bias", estimates[name].double() - truth.double()),
              "seconds": seconds[name]} for name in PROPOSALS]
-    result = {"settings": OmegaConf.to_container(settings), "rows": rows, "log_px_reference": float(truth.mean()),
+    result = {"settings": {**OmegaConf.to_container(settings), "overrides": sorted(run_overrides)}, "rows": rows,
+              "qstar_steps": cfg.eval.qstar_steps, "qstar_samples": cfg.eval.qstar_samples, "log_px_reference": float(truth.mean()),
               "reference_seconds": seconds["reference"], **check,
               "run": {"family": model.family.name, "latent_dim": cfg.latent_dim, "seed": cfg.seed,
                       "dataset": str(cfg.data.name), "best_epoch": summary["best_epoch"]}}
@@ -114,9 +119,9 @@ def calibrate_run(folder, settings, run_overrides, progress=None):
 
 def calibrate_main(folder, overrides, console):
     """calibrate_run on every finished run at or below FOLDER; runs measured with the same settings are skipped."""
-    settings, run_overrides = command_settings(overrides, CalibrationConfig, "calibration", "calibrate")
+    settings, run_overrides = command_settings(overrides, CalibrationConfig, "calibration", "calibrate", RUN_KEYS)
     runs, unfinished = rundir.finished_runs_below(folder)
-    wanted = OmegaConf.to_container(settings)
+    wanted = {**OmegaConf.to_container(settings), "overrides": sorted(run_overrides)}
     results = []
     for index, run in enumerate(runs, 1):
         existing = rundir.read_json(run["folder"] / export.CALIBRATION_JSON)

@@ -31,11 +31,12 @@ from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 
 from vae_compare import UserError, data, lock, sweep
-from vae_compare.config import EVALUATE_KEYS, GAPS_RUN_KEYS, GapsConfig, compose, type_name, validate
+from vae_compare.config import EVALUATE_KEYS, GAPS_RUN_KEYS, compose, type_name, validate
 from vae_compare.export import BEST, CHECKPOINT, FAILED_FILE, check_writable
+from vae_compare.calibration import RUN_KEYS as CALIBRATE_RUN_KEYS, CalibrationConfig, calibrate_main
 from vae_compare.finish import reevaluate, reevaluation, summary_table
-from vae_compare.calibration import CalibrationConfig, calibrate_main
 from vae_compare.frozen import frozen_decoder
+from vae_compare.gaps import GapsConfig
 from vae_compare.gaps_command import gaps_main
 from vae_compare.memory import check_fits
 from vae_compare.report import main as report_main
@@ -304,7 +305,7 @@ def calibrate_command(args):
         "finished run at or below FOLDER; writes calibration.json into each run, which the report gathers into "
         "calibration.csv. Runs calibrated with the same settings are skipped.",
         "FOLDER", "a run, sweep or outputs folder",
-        f"any of: {keys}, {', '.join(GAPS_RUN_KEYS)} (e.g. calibration.images=200)")
+        f"any of: {keys}, {', '.join(CALIBRATE_RUN_KEYS)} (e.g. calibration.images=200 eval.qstar_steps=150)")
     calibrate_main(folder, overrides, get_console())
 
 

@@ -9,7 +9,8 @@ A key's role says what it changes:
     result   the trained model (TensorBoard hparams, the resume check, sweep-folder names, report settings)
     eval     only the final evaluation: may differ when a run is resumed or re-evaluated
     runtime  nothing in the results (paths, devices, threads, logging intervals): left out of all of the above
-    gaps     `vae-compare gaps` (GapsConfig): read by that command only, given on its command line as gaps.<key>=...
+    gaps     the settings of `vae-compare gaps` and `calibrate` (gaps.GapsConfig, calibration.CalibrationConfig): read
+             by that command only, given on its command line as gaps.<key>=... or calibration.<key>=...
 
 Every config is made here: a job's by Hydra's compose API (`compose`), a finished run's from its folder with a
 command's overrides (`run_config`), the settings of the gaps and calibrate commands (`command_settings`), and a
@@ -168,37 +169,6 @@ class Config:
 
 
 ConfigStore.instance().store(name="schema", node=Config)
-
-
-@dataclass
-class GapsConfig:
-    """`vae-compare gaps RUN_FOLDER gaps.<key>=...`: the inference gaps of a trained run (vae_compare/gaps.py).
-    Not part of a run's training config: the run's own config comes from its folder. The defaults were
-    measured on the default model (docs/inference-gaps.md)."""
-
-    # the first this-many test images (a fixed subset: the same images for every run)
-    images: int = key(1000, GAPS, minimum=1)
-    # families whose best member q* is fitted per image on the run's frozen decoder; the run's own family is
-    # always added (its q* gives Cremer et al.'s amortization gap)
-    families: List[FamilyName] = key(role=GAPS, factory=lambda: ["diag", "cholesky", "lowrank"])
-    # rank of a low-rank q* when the run's own family has none (else the run's rank)
-    rank: int = key(4, GAPS, minimum=1)
-    # reparameterised samples per optimisation step
-    samples: int = key(8, GAPS, minimum=1)
-    # most Adam steps per image (the stopping rule usually ends earlier; gaps.csv reports the steps taken)
-    steps: int = key(1000, GAPS, minimum=1)
-    lr: float = key(0.02, GAPS, above=0)
-    # stopping rule: every `window` steps the window's mean ELBO is compared with the previous window's; a rise
-    # below `tolerance` nats per image divides lr by 10, up to lr_drops times; the plateau after that stops
-    window: int = key(50, GAPS, minimum=1)
-    tolerance: float = key(0.02, GAPS)
-    lr_drops: int = key(2, GAPS, minimum=0)
-    # images optimised together (bounds memory; the stopping rule is per chunk)
-    chunk_images: int = key(250, GAPS, minimum=1)
-    # per image: samples for the final ELBO of q(z|x) and of each q*, importance samples for log p(x)
-    elbo_samples: int = key(500, GAPS, minimum=2)
-    iwae_samples: int = key(5000, GAPS, minimum=1)
-    seed: int = key(0, GAPS, minimum=0)
 
 
 # ---- sweep-job folder names ----------------------------------------------------------------------------------
@@ -372,18 +342,18 @@ def run_config(folder, overrides, command="evaluate"):
     return cfg
 
 
-def command_settings(overrides, schema, prefix, command):
+def command_settings(overrides, schema, prefix, command, run_keys=GAPS_RUN_KEYS):
     """(schema node, overrides of the run's own config) of a command on finished runs (gaps, calibrate) from
-    `<prefix>.<key>=value` and GAPS_RUN_KEYS overrides; UserError, one line, for anything else or a bad value."""
+    `<prefix>.<key>=value` and run_keys overrides; UserError, one line, for anything else or a bad value."""
     own, run_values = [], []
     for override in overrides:
         name = override.split("=", 1)[0]
         if "=" in override and name.startswith(prefix + "."):
             own.append(override[len(prefix) + 1:])
-        elif "=" in override and name in GAPS_RUN_KEYS:
+        elif "=" in override and name in run_keys:
             run_values.append(override)
         else:
-            raise UserError(f"{command} takes {prefix}.<key>=value and {', '.join(GAPS_RUN_KEYS)} overrides, got "
+            raise UserError(f"{command} takes {prefix}.<key>=value and {', '.join(run_keys)} overrides, got "
                             f"{override!r} (keys: {', '.join(f'{prefix}.{item.name}' for item in dataclasses.fields(schema))})")
     settings = merged(schema, [], own, f"{prefix} override")
     check_ranges(OmegaConf.create({prefix: settings}), schema, prefix + ".")

@@ -15,13 +15,15 @@ q*, the estimates and the rotation diagnostic together; `run_gaps`, the pipeline
 """
 
 import logging
-from typing import Callable, Optional
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional
 
 import torch
 from omegaconf import OmegaConf
 
 from vae_compare import UserError, data, export, rundir
-from vae_compare.config import GapsConfig, run_config
+from vae_compare.config import GAPS, FamilyName, key, run_config
 from vae_compare.evaluate import default_chunk_size, elbo_estimate, importance_log_px, mean_and_stderr
 from vae_compare.labels import run_label
 from vae_compare.model import build_model
@@ -33,11 +35,48 @@ from vae_compare.runtime import Clock, pick_device
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class GapsConfig:
+    """`vae-compare gaps RUN_FOLDER gaps.<key>=...`: the inference gaps of a trained run (vae_compare/gaps.py).
+    Not part of a run's training config: the run's own config comes from its folder. The defaults were
+    measured on the default model (docs/inference-gaps.md)."""
+
+    # the first this-many test images (a fixed subset: the same images for every run)
+    images: int = key(1000, GAPS, minimum=1)
+    # families whose best member q* is fitted per image on the run's frozen decoder; the run's own family is
+    # always added (its q* gives Cremer et al.'s amortization gap)
+    families: List[FamilyName] = key(role=GAPS, factory=lambda: ["diag", "cholesky", "lowrank"])
+    # rank of a low-rank q* when the run's own family has none (else the run's rank)
+    rank: int = key(4, GAPS, minimum=1)
+    # reparameterised samples per optimisation step
+    samples: int = key(8, GAPS, minimum=1)
+    # most Adam steps per image (the stopping rule usually ends earlier; gaps.csv reports the steps taken)
+    steps: int = key(1000, GAPS, minimum=1)
+    lr: float = key(0.02, GAPS, above=0)
+    # stopping rule: every `window` steps the window's mean ELBO is compared with the previous window's; a rise
+    # below `tolerance` nats per image divides lr by 10, up to lr_drops times; the plateau after that stops
+    window: int = key(50, GAPS, minimum=1)
+    tolerance: float = key(0.02, GAPS)
+    lr_drops: int = key(2, GAPS, minimum=0)
+    # images optimised together (bounds memory; the stopping rule is per chunk)
+    chunk_images: int = key(250, GAPS, minimum=1)
+    # per image: samples for the final ELBO of q(z|x) and of each q*, importance samples for log p(x)
+    elbo_samples: int = key(500, GAPS, minimum=2)
+    iwae_samples: int = key(5000, GAPS, minimum=1)
+    seed: int = key(0, GAPS, minimum=0)
+    # the continuation check: after the stopping rule, check_steps more steps at the last rate, then the ELBO again
+    # with the same draws; while that raised the mean ELBO by check_tolerance nats per image or more, once more,
+    # at most check_rounds times. gaps.csv's continuation_gain is the last round's rise.
+    check_steps: int = key(1000, GAPS, minimum=0)
+    check_tolerance: float = key(0.01, GAPS, above=0)
+    check_rounds: int = key(4, GAPS, minimum=1)
+
+
 def gap_rows(log_px, encoder_elbo, optimized, encoder_family):
     """One row per optimised family: means over images, each with the standard error of the mean.
 
     log_px, encoder_elbo: per-image (N,) tensors; optimized: {family: {"elbo": (N,), "steps": (N,),
-    "seconds": float, "start": str}}. Gaps are means of per-image differences, so their standard errors are
+    "seconds": float, "start": str, "gain": (N,) the continuation check's last rise}}. Gaps are means of per-image differences, so their standard errors are
     paired (sd of the per-image difference / sqrt(N)), far smaller than the spread of log p(x) across images.
 
     For the run's own family, amortization_gap is Cremer et al.'s. For another family F it is
@@ -54,10 +93,34 @@ def gap_rows(log_px, encoder_elbo, optimized, encoder_family):
         row.update(mean_and_stderr("inference_gap", log_px - encoder_elbo))
         row.update(mean_and_stderr("approximation_gap", log_px - elbo))
         row.update(mean_and_stderr("amortization_gap", elbo - encoder_elbo))
+        row.update(mean_and_stderr("continuation_gain", result["gain"]))
         row.update(steps_mean=result["steps"].double().mean().item(), steps_max=int(result["steps"].max()),
                    seconds=result["seconds"])
         rows.append(row)
     return rows
+
+
+def continue_while_rising(log_likelihood, x, posteriors, elbo, settings, noise, estimate_elbo, progress=None):
+    """The continuation check of q*: check_steps more steps at the stopping rule's last rate, the ELBO again with
+    the same draws (so the per-image difference is nearly free of sampling noise), repeated while the mean rise
+    reaches check_tolerance, at most check_rounds times. Returns (q*, its ELBO, steps added per image, the last
+    round's per-image rise); with check_steps 0, no round and a rise of NaN."""
+    steps = torch.zeros(len(x), dtype=torch.long)
+    gain = torch.full_like(elbo, math.nan)
+    if settings.check_steps == 0:
+        return posteriors, elbo, steps, gain
+    last_rate = settings.lr / 10 ** settings.lr_drops
+    for _ in range(settings.check_rounds):
+        # tolerance -inf: the plateau rule never fires, every image takes all check_steps steps
+        posteriors, taken = optimize_posteriors(log_likelihood, x, posteriors, samples=settings.samples,
+                                                steps=settings.check_steps, lr=last_rate, window=settings.window,
+                                                tolerance=-math.inf, lr_drops=0, chunk_images=settings.chunk_images,
+                                                noise=noise, progress=progress)
+        continued = estimate_elbo(posteriors)
+        gain, elbo, steps = continued - elbo, continued, steps + taken
+        if gain.mean().item() < settings.check_tolerance:
+            break
+    return posteriors, elbo, steps, gain
 
 
 def inference_gaps(log_likelihood: Callable, x, encoder: Posteriors, starts: dict, settings: GapsConfig,
@@ -91,14 +154,16 @@ def inference_gaps(log_likelihood: Callable, x, encoder: Posteriors, starts: dic
     optimized, best = {}, {}
     for index, (name, start) in enumerate(starts.items()):
         # the optimiser's noise is a stream of its own, apart from the estimates' common random numbers
+        noise = Noise(settings.seed + 1 + index, device)
         posteriors, steps = optimize_posteriors(
             log_likelihood, x, start, samples=settings.samples, steps=settings.steps, lr=settings.lr,
             window=settings.window, tolerance=settings.tolerance, lr_drops=settings.lr_drops,
-            chunk_images=settings.chunk_images, noise=Noise(settings.seed + 1 + index, device), progress=progress)
-        optimizing = clock.lap()
+            chunk_images=settings.chunk_images, noise=noise, progress=progress)
         elbo = estimate_elbo(posteriors)
-        seconds[name] = optimizing + clock.lap()
-        optimized[name] = {"elbo": elbo, "steps": steps, "seconds": optimizing,
+        posteriors, elbo, more_steps, gain = continue_while_rising(log_likelihood, x, posteriors, elbo, settings,
+                                                                   noise, estimate_elbo, progress)
+        seconds[name] = clock.lap()
+        optimized[name] = {"elbo": elbo, "steps": steps + more_steps, "seconds": seconds[name], "gain": gain,
                            "start": "encoder" if name == encoder.family.name else "diagonal"}
         best[name] = posteriors
     proposal = max(optimized, key=lambda name: optimized[name]["elbo"].mean().item())

@@ -6,8 +6,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from vae_compare import export, lock, rundir
-from vae_compare.config import GapsConfig, command_settings
-from vae_compare.gaps import run_gaps
+from vae_compare.config import command_settings
+from vae_compare.gaps import GapsConfig, run_gaps
 from vae_compare.progress import ProgressBars
 from vae_compare.rotation import ROTATION_COLUMNS
 
@@ -49,13 +49,15 @@ def gaps_tables(result):
                              f"{plus_minus(first, 'log_px')} (IWAE k={log_px['samples']}, {log_px['proposal']}'s q* "
                              f"as proposal); ELBO of the encoder's q(z|x) {plus_minus(first, 'encoder_elbo')}",
                        caption="approximation = log p(x) − ELBO(q*), amortization = ELBO(q*) − ELBO(q(z|x)); "
-                               "start: the encoder's q, or the diagonal Gaussian closest to it")
-    for column in ("q*", "start", "ELBO of q*", "approximation", "amortization", "steps", "s"):
+                               "start: the encoder's q, or the diagonal Gaussian closest to it; continuation: "
+                               "what the check's last round of more steps still added")
+    for column in ("q*", "start", "ELBO of q*", "approximation", "amortization", "continuation", "steps", "s"):
         gaps_table.add_column(column, justify="left" if column in ("q*", "start") else "right")
     for row in result["rows"]:
         gaps_table.add_row(row["family"], row["start"],
                            plus_minus(row, "optimized_elbo"), plus_minus(row, "approximation_gap"),
-                           plus_minus(row, "amortization_gap"), f"{row['steps_mean']:.0f}", f"{row['seconds']:.0f}")
+                           plus_minus(row, "amortization_gap"), plus_minus(row, "continuation_gain"),
+                           f"{row['steps_mean']:.0f}", f"{row['seconds']:.0f}")
     rotation_table = Table(title="Correlation one global rotation R removes (nats per image, mean)",
                            caption="total correlation: KL(q ‖ product of its marginals), the forward direction (the "
                                    "log-det gap); reverse KL: min over diagonal q' of KL(q' ‖ q). R: eigenvectors of "

@@ -5,6 +5,7 @@
 #    trained with the true decoder frozen (train.decoder_from=true_decoder) and end to end, 3 seeds.
 # 2. MNIST, latent_dim 8 and 32: a diag-trained and a cholesky-trained source decoder (quick model, end to end),
 #    then every family's encoder trained against each source decoder frozen (train.decoder_from), 3 seeds.
+#    And the gaps of the seed-0 frozen-true runs: the per-image optimum q* of diag and cholesky on the true decoder.
 # 3. scripts/control.py: one report per setting (test ELBO for the frozen decoders, whose log p(x) is the
 #    decoder's and the same for every family; test log p(x) for the learned ones), and the page into
 #    $PUBLISH_DIR and docs/control.md.
@@ -48,11 +49,19 @@ for line in "${LINES[@]}"; do
         "hydra.sweep.dir=$CONTROL_DIR/synthetic/learned" "$@" || status=1
 done
 
+# the per-image optimum on the true decoder: the gaps of every seed-0 frozen-true run on 500 test images
+for config in $(grep -l "^seed: 0$" "$CONTROL_DIR"/synthetic/frozen_true/*/.hydra/config.yaml); do
+    folder=$(dirname "$(dirname "$config")")
+    [ -f "$folder/summary.json" ] && { "$VAE_COMPARE" gaps "$folder" gaps.images=500 'gaps.families=[diag,cholesky]' || status=1; }
+done
+
 # 2. MNIST: source decoders, two at a time
 for d in $DIMS; do
     for f in diag cholesky; do
+        source_dir=$CONTROL_DIR/mnist/decoder_${f}_d$d
+        [ -f "$source_dir/summary.json" ] && continue  # a single run refuses a finished folder; a sweep skips it
         "$VAE_COMPARE" train "${EVAL[@]}" train.epochs=40 train.patience=5 train.threads=1 seed=0 family=$f latent_dim=$d \
-            "hydra.run.dir=$CONTROL_DIR/mnist/decoder_${f}_d$d" "$@" &
+            "hydra.run.dir=$source_dir" "$@" &
     done
     for job in $(jobs -p); do wait "$job" || status=1; done
 done

@@ -29,7 +29,7 @@ def test_a_tiny_sweep_writes_calibration_and_verdicts(tmp_path):
         rows = {row["proposal"]: row for row in result["rows"]}
         # an IWAE estimate sits below the truth in expectation; q* is the better proposal on every run
         assert rows["encoder"]["bias"] < 0 and rows["qstar"]["bias"] > rows["encoder"]["bias"]
-        assert rows["encoder"]["main"] and not rows["qstar"]["main"]  # eval.log_px_proposal's default
+        assert rows["qstar"]["main"] and not rows["encoder"]["main"]  # eval.log_px_proposal's default
         if result["run"]["latent_dim"] == 2:
             assert result["reference"] == "quadrature" and result["check_max"] < 1e-2
         else:

@@ -146,8 +146,8 @@ class EvalConfig:
     # the importance-sampling proposal of test log p(x): encoder, the run's own q(z|x); or qstar, per image a
     # full-covariance Gaussian started at the encoder's mean and covariance and fitted on the frozen decoder
     # (qstar_steps Adam steps of qstar_samples draws), the same kind of proposal for every family
-    log_px_proposal: Proposal = key("encoder", EVAL)
-    qstar_steps: int = key(300, EVAL, minimum=1)
+    log_px_proposal: Proposal = key("qstar", EVAL)
+    qstar_steps: int = key(150, EVAL, minimum=1)
     qstar_samples: int = key(4, EVAL, minimum=1)
     chunk_size: Optional[int] = key(None, RUNTIME, minimum=1)
     active_threshold: float = key(0.01, EVAL, minimum=0)
@@ -295,11 +295,15 @@ def flatten(config, prefix=""):
     return flat
 
 
+# Keys whose default changed after they were added: the value a run recorded before the key existed had.
+BEFORE_KEY = {"eval.log_px_proposal": "encoder"}
+
+
 def recorded_config(config: dict) -> dict:
-    """A run's recorded config (summary.json's), flattened, with the schema's default for every key added since
-    it was written: a new key's default keeps the behaviour from before it existed, so that is what the run
-    had, and the report does not take the key's absence for a setting that varies."""
-    return {**schema_defaults(), **flatten(config)}
+    """A run's recorded config (summary.json's), flattened, with what every key added since it was written meant
+    then (the schema's default, or BEFORE_KEY's value where the default changed later), so that the report does
+    not take the key's absence for a setting that varies."""
+    return {**schema_defaults(), **BEFORE_KEY, **flatten(config)}
 
 
 @functools.cache

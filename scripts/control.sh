@@ -11,7 +11,7 @@
 #    $PUBLISH_DIR and docs/control.md.
 #
 # Every family runs at the setting the tuning grid selected for it (its answer_runs in vae_compare/posteriors).
-# Cut to fit 60 minutes on a 2-core CPU: the quick model, 20,000 training images and at most 12 epochs for the
+# Cut to fit a 2-core CPU: the quick model, 20,000 training images and at most 12 epochs for the
 # encoders (patience 3), 2,000 test images; log p(x) of the frozen-decoder runs (not compared) with k=100.
 # Rerunning the same command skips finished runs.
 #
@@ -49,10 +49,10 @@ for line in "${LINES[@]}"; do
         "hydra.sweep.dir=$CONTROL_DIR/synthetic/learned" "$@" || status=1
 done
 
-# the per-image optimum on the true decoder: the gaps of every seed-0 frozen-true run on 500 test images
+# the per-image optimum on the true decoder: the gaps of every seed-0 frozen-true run on 200 test images
 for config in $(grep -l "^seed: 0$" "$CONTROL_DIR"/synthetic/frozen_true/*/.hydra/config.yaml); do
     folder=$(dirname "$(dirname "$config")")
-    [ -f "$folder/summary.json" ] && { "$VAE_COMPARE" gaps "$folder" gaps.images=500 'gaps.families=[diag,cholesky]' || status=1; }
+    [ -f "$folder/summary.json" ] && { "$VAE_COMPARE" gaps "$folder" gaps.images=200 'gaps.families=[diag,cholesky]' || status=1; }
 done
 
 # 2. MNIST: source decoders, two at a time

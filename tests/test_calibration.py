@@ -49,7 +49,7 @@ def test_a_tiny_sweep_writes_calibration_and_verdicts(tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ("calibration.nope=1", "bad calibration override: Key 'nope' not in 'CalibrationConfig'"),
-    ("eval.iwae_samples=5", "calibrate takes calibration.<key>=value"),
+    ("train.lr=0.1", "calibrate takes calibration.<key>=value"),
     ("calibration.images=0", "calibration.images"),
 ])
 def test_a_bad_calibration_key_is_one_line(tmp_path, override, message):

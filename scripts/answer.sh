@@ -7,7 +7,8 @@
 # (report.md, summary.csv, gaps.csv, the plots).
 #
 # Usage: scripts/answer.sh [extra overrides]   environment: ANSWER_SCALE (cpu, the default, or full), ANSWER_DIR,
-#                                             PUBLISH_DIR, ANSWER_SEEDS, ANSWER_DIMS, GAPS_IMAGES, ANSWER_JOBS,
+#                                             PUBLISH_DIR, ANSWER_SEEDS, ANSWER_DIMS, GAPS_IMAGES, GAPS_OPTIONS
+#                                             (more gaps.<key>=value overrides), ANSWER_JOBS,
 #                                             PYTHON (default: the python beside $VAE_COMPARE)
 # ANSWER_SCALE=full is the GPU scale (experiment=answer_full: the default model, patience 10, at most 300 epochs,
 # k=5000 on the whole test set; latent_dim 2, 8, 32 and 64, seeds 0-4, gaps of 1000 images); untested.
@@ -45,7 +46,8 @@ done
 # the gaps of every seed-0 run, on the same first GAPS_IMAGES test images
 for config in $(grep -l "^seed: 0$" "$ANSWER_DIR"/*/.hydra/config.yaml); do
     folder=$(dirname "$(dirname "$config")")
-    [ -f "$folder/summary.json" ] && { "$VAE_COMPARE" gaps "$folder" "gaps.images=$GAPS_IMAGES" || status=1; }
+    # shellcheck disable=SC2086  # GAPS_OPTIONS: more gaps.<key>=value words
+    [ -f "$folder/summary.json" ] && { "$VAE_COMPARE" gaps "$folder" "gaps.images=$GAPS_IMAGES" ${GAPS_OPTIONS:-} || status=1; }
 done
 "$VAE_COMPARE" report "$ANSWER_DIR" --tuned --out "$PUBLISH_DIR" || status=1
 exit $status

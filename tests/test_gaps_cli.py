@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]
 
 # A few images and short optimisations: the numbers are rough, the pipeline is the real one.
 SMALL = ["gaps.images=16", "gaps.chunk_images=8", "gaps.steps=60", "gaps.window=20", "gaps.elbo_samples=20",
-         "gaps.iwae_samples=50", "gaps.rank=2", f"data.root={MNIST}"]
+         "gaps.iwae_samples=50", "gaps.rank=2", "gaps.check_steps=40", f"data.root={MNIST}"]
 
 
 @pytest.fixture(scope="module")

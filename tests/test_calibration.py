@@ -35,7 +35,7 @@ def test_a_tiny_sweep_writes_calibration_and_verdicts(tmp_path):
         else:
             assert result["reference"].startswith("AIS") and result["check"].startswith("doubling both on 4 images")
     again = run_cli(["calibrate", str(sweep_dir), *CALIBRATION], cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("calibrated already") == 4, again.stdout
+    assert again.returncode == 0 and again.stdout.count("measured already") == 4, again.stdout
     report = run_cli(["report", str(sweep_dir)], cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     with open(sweep_dir / export.CALIBRATION_CSV) as handle:

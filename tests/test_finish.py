@@ -62,6 +62,7 @@ def test_posterior_sample_and_pictures_are_the_models_own(tmp_path, monkeypatch)
         torch.testing.assert_close(sample["covariances"], q.covariance()[:finish.POSTERIOR_COVARIANCES])
     assert sample["labels"].tolist() == data.read_labels(MNIST, "test")[:TEST_IMAGES].tolist()
     assert sample["labels"][:4].tolist() == [7, 2, 1, 0]
+    assert sample["label_name"] == "digit"
 
     # the ellipses drawn are the saved covariances' (d = 2: the latent plane itself), and they tilt
     (ax,) = [ax for ax in drawn["posterior_ellipses.png"].axes if ax.patches]

@@ -181,6 +181,12 @@ def test_ellipse_figure_draws_the_known_ellipses_of_each_family():
     assert (diag_ax.get_xlabel(), diag_ax.get_ylabel()) == ("z1", "z2")
     assert "diag" in diag_ax.get_title() and "in this plane 0.00" in diag_ax.get_title()
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [str(k) for k in range(10)]
+    assert fig.legends[0].get_title().get_text() == "digit"
+    # a saved sample names its labels (the synthetic set's are angle sectors); one saved before that held digits
+    sample = {"means": torch.tensor(means), "covariances": torch.tensor(full[:shown]), "labels": torch.tensor(labels)}
+    for stored, title in ({}, "digit"), ({"label_name": "angle sector"}, "angle sector"):
+        fig = pictures.sample_ellipse_figure({"cholesky": {**sample, **stored}})
+        assert fig.legends[0].get_title().get_text() == title
     # every dot and every whole ellipse lies inside the shared limits
     (x0, x1), (y0, y1) = diag_ax.get_xlim(), diag_ax.get_ylim()
     for ax in (diag_ax, full_ax):

@@ -111,6 +111,7 @@ def test_the_splits_are_the_true_means_of_their_latents_in_mnist_sizes():
     assert torch.equal(val.pixels, data.cpu_bernoulli(synthetic.bernoulli_means(z[-100:]), 1234))
     labels = data.read_labels(source, "test")
     assert labels.shape == (10000,) and set(labels.tolist()) == set(range(synthetic.ANGLE_SECTORS))
+    assert data.label_name(source) == "angle sector" and data.label_name("mnist") == "digit"
     with pytest.raises(UserError, match="reads no files"):
         data.load_test(data_cfg(root="/tmp"), torch.device("cpu"))
 

@@ -19,15 +19,14 @@ from dataclasses import dataclass
 
 import torch
 from omegaconf import OmegaConf
-from rich.progress import Progress
 
-from vae_compare import UserError, export, lock, rundir
+from vae_compare import UserError, export, rundir
 from vae_compare.ais import ais_log_px
 from vae_compare.config import GAPS, GAPS_RUN_KEYS, command_settings, key
 from vae_compare.evaluate import iwae_log_px, mean_and_stderr
 from vae_compare.gaps import trained_run
+from vae_compare.measure_runs import measure_runs_below
 from vae_compare.posteriors import Noise
-from vae_compare.progress import ProgressBars
 from vae_compare.proposal import qstar_log_px, qstar_proposal
 from vae_compare.qstar import covariances, frozen
 from vae_compare.quadrature import quadrature_log_px
@@ -59,10 +58,11 @@ def reference(model, x, proposal, settings, seed):
     latent_dim = model.latent_dim
     if latent_dim == 2:
         exact = copy.deepcopy(model).double()
-        start = model.posterior(x)
-        scale_tril = torch.linalg.cholesky(start.covariance().double())
-        estimate = quadrature_log_px(exact.log_likelihood, x.double(), start.mean.double(), scale_tril,
-                                     tolerance=settings.quadrature_tolerance)
+        with torch.no_grad():
+            start = model.posterior(x)
+            scale_tril = torch.linalg.cholesky(start.covariance().double())
+            estimate = quadrature_log_px(exact.log_likelihood, x.double(), start.mean.double(), scale_tril,
+                                         tolerance=settings.quadrature_tolerance)
         return estimate.log_px, {"reference": "quadrature", "check": "grid error bound, mean (max)",
                                  "check_mean": float(estimate.error_bound.mean()),
                                  "check_max": float(estimate.error_bound.max())}
@@ -120,23 +120,13 @@ def calibrate_run(folder, settings, run_overrides, progress=None):
 def calibrate_main(folder, overrides, console):
     """calibrate_run on every finished run at or below FOLDER; runs measured with the same settings are skipped."""
     settings, run_overrides = command_settings(overrides, CalibrationConfig, "calibration", "calibrate", RUN_KEYS)
-    runs, unfinished = rundir.finished_runs_below(folder)
-    wanted = {**OmegaConf.to_container(settings), "overrides": sorted(run_overrides)}
-    results = []
-    for index, run in enumerate(runs, 1):
-        existing = rundir.read_json(run["folder"] / export.CALIBRATION_JSON)
-        if existing is not None and existing.get("settings") == wanted:
-            console.print(f"[{index}/{len(runs)}] {run['folder']}: calibrated already ({export.CALIBRATION_JSON})")
-            results.append(existing)
-            continue
-        console.print(f"[{index}/{len(runs)}] {run['folder']}")
-        with lock.hold(run["folder"]), Progress(console=console, transient=True) as progress:
-            result = calibrate_run(run["folder"], settings, run_overrides, ProgressBars(progress))
+
+    def show(result):
         console.print(", ".join(f"{row['proposal']}: bias {row['bias']:+.3f} ± {row['bias_stderr']:.3f} nats "
                                 f"({row['seconds']:.0f} s)" for row in result["rows"])
                       + f"; reference {result['reference']} ({result['reference_seconds']:.0f} s), {result['check']} "
                         f"{result['check_mean']:+.3f} ({result['check_max']:.3f})", markup=False)
-        results.append(result)
-    if unfinished:
-        console.print(f"{unfinished} unfinished run(s) below {folder} left out")
-    return results
+
+    return measure_runs_below(folder, export.CALIBRATION_JSON,
+                              {**OmegaConf.to_container(settings), "overrides": sorted(run_overrides)},
+                              lambda run, progress: calibrate_run(run, settings, run_overrides, progress), show, console)

@@ -130,6 +130,11 @@ def split_images(source, split: str):
     return read_images(source, split)
 
 
+def label_name(folder) -> str:
+    """What read_labels' labels are, for a picture's legend."""
+    return synthetic.LABEL_NAME if isinstance(folder, synthetic.SyntheticSource) else "digit"
+
+
 def read_labels(folder, split: str) -> torch.Tensor:
     """One split's class labels (0..9, int64), shape (N,), on the CPU; in the order of read_images. A
     synthetic.SyntheticSource gives the sector of each true latent's angle (0..7)."""

@@ -63,7 +63,7 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
     export.write_csv(folder / FINAL_FILE, [row])
     pngs = {}
     if final:
-        sample = posterior_sample(model, test, data.read_labels(test_folder, "test"))
+        sample = posterior_sample(model, test, data.read_labels(test_folder, "test"), data.label_name(test_folder))
         export.atomic_torch_save(folder / export.POSTERIOR_SAMPLE, sample)
         figures = posterior_figures(sample, test.pixels[:CORRELATION_IMAGES], run_label(cfg))
         pngs = {name: pictures.figure_png(fig) for name, fig in figures.items()}
@@ -86,15 +86,16 @@ def evaluate_and_write(folder: Path, cfg, model, device, training: dict, data_fo
 
 
 @torch.no_grad()
-def posterior_sample(model, split, labels):
+def posterior_sample(model, split, labels, label_name):
     """What the pictures of q(z|x) are drawn from, small enough to keep with the run (the report draws every
     family's panel from these files without loading a model): the posterior means of the first
-    POSTERIOR_MEANS test images, the covariances of the first POSTERIOR_COVARIANCES, their labels."""
+    POSTERIOR_MEANS test images, the covariances of the first POSTERIOR_COVARIANCES, their labels and what those are."""
     images = split.pixels[:POSTERIOR_MEANS]
     return {
         "means": model.posterior(images).mean.float().cpu(),
         "covariances": model.posterior(images[:POSTERIOR_COVARIANCES]).covariance().float().cpu(),
         "labels": labels[:len(images)].clone(),
+        "label_name": label_name,
     }
 
 

@@ -2,13 +2,12 @@
 at a time (gaps.run_gaps), with progress bars and a table of each run's gaps and rotation diagnostic."""
 
 from omegaconf import OmegaConf
-from rich.progress import Progress
 from rich.table import Table
 
-from vae_compare import export, lock, rundir
+from vae_compare import export
 from vae_compare.config import command_settings
 from vae_compare.gaps import GapsConfig, run_gaps
-from vae_compare.progress import ProgressBars
+from vae_compare.measure_runs import measure_runs_below
 from vae_compare.rotation import ROTATION_COLUMNS
 
 
@@ -16,24 +15,13 @@ def gaps_main(folder, overrides, console):
     """The gaps of every finished run at or below FOLDER (a run, a sweep or an outputs folder). A run whose
     gaps.json has the same settings is skipped, so a rerun finishes the rest."""
     settings, run_overrides = command_settings(overrides, GapsConfig, "gaps", "gaps")
-    runs, unfinished = rundir.finished_runs_below(folder)
-    wanted = OmegaConf.to_container(settings, enum_to_str=True)
-    results = []
-    for index, run in enumerate(runs, 1):
-        existing = rundir.read_gaps(run["folder"])
-        if existing is not None and existing.get("settings") == wanted:
-            console.print(f"[{index}/{len(runs)}] {run['folder']}: measured already ({export.GAPS_JSON})")
-            results.append(existing)
-            continue
-        console.print(f"[{index}/{len(runs)}] {run['folder']}")
-        with lock.hold(run["folder"]), Progress(console=console, transient=True) as progress:
-            result = run_gaps(run["folder"], settings, run_overrides, ProgressBars(progress))
+
+    def show(result):
         for table in gaps_tables(result):
             console.print(table)
-        results.append(result)
-    if unfinished:
-        console.print(f"{unfinished} unfinished run(s) below {folder} left out")
-    return results
+
+    return measure_runs_below(folder, export.GAPS_JSON, OmegaConf.to_container(settings, enum_to_str=True),
+                              lambda run, progress: run_gaps(run, settings, run_overrides, progress), show, console)
 
 
 def gaps_tables(result):

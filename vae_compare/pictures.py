@@ -149,12 +149,12 @@ def ellipse_suptitle(count, shown, latent_dim, shared_basis, fig_width, legend):
     return "\n".join(textwrap.fill(line, width) for line in lines)
 
 
-def ellipse_figure(panels, labels=None, max_ellipses=50, shared_basis=False):
-    """One panel per family: every posterior mean as a dot coloured by digit, and the 1-sd ellipse of
+def ellipse_figure(panels, labels=None, max_ellipses=50, shared_basis=False, label_name="digit"):
+    """One panel per family: every posterior mean as a dot coloured by its label (label_name in the legend), and the 1-sd ellipse of
     q(z|x) for the first max_ellipses images.
 
     panels: ordered {family name: (means (N, d), covariances (N, d, d))}, all on the same N test images.
-    labels: (N,) digit labels, or None.
+    labels: (N,) integer labels (digits, or the synthetic set's angle sectors), or None.
 
     The plane of each panel is that panel's own projection_plane. For d > 2 each family is a different
     trained model, and the coordinates of one model's latent space say nothing about another's (the
@@ -237,7 +237,7 @@ def ellipse_figure(panels, labels=None, max_ellipses=50, shared_basis=False):
         cmap = matplotlib.colormaps[DIGIT_COLOURS]
         handles = [Line2D([], [], linestyle="", marker="o", color=cmap(label % 10), label=str(label))
                    for label in present]
-        fig.legend(handles=handles, title="digit", loc="outside right upper", fontsize="small",
+        fig.legend(handles=handles, title=label_name, loc="outside right upper", fontsize="small",
                    ncols=1 if fig.get_figheight() >= 4 else 2)  # ten rows need about 2.5 inches
     return fig
 
@@ -311,7 +311,8 @@ def png_array(png: bytes) -> np.ndarray:
 
 def sample_ellipse_figure(samples):
     """ellipse_figure of saved posterior samples: {panel name: {"means": (N, d), "covariances": (M, d, d),
-    "labels": (N,)}} as finish.posterior_sample writes them, M <= N, both of the first test images.
+    "labels": (N,), "label_name"}} as finish.posterior_sample writes them, M <= N, both of the first test images
+    (a sample saved before "label_name" was kept holds digits).
 
     Every panel shows the images that all samples hold (runs may have evaluated different numbers of
     test images; the first ones are the same images). Ellipses are drawn for the first M, and the
@@ -320,5 +321,6 @@ def sample_ellipse_figure(samples):
     count = min(len(sample["means"]) for sample in samples.values())
     shown = min(count, *(len(sample["covariances"]) for sample in samples.values()))
     panels = {name: (sample["means"][:count], sample["covariances"][:shown]) for name, sample in samples.items()}
-    labels = next(iter(samples.values()))["labels"][:count]
-    return ellipse_figure(panels, labels=labels, max_ellipses=shown)
+    first = next(iter(samples.values()))
+    return ellipse_figure(panels, labels=first["labels"][:count], max_ellipses=shown,
+                          label_name=first.get("label_name", "digit"))

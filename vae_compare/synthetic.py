@@ -57,6 +57,7 @@ SPLIT_SIZES = {"train": 60000, "test": 10000}  # MNIST's; the last data.val_size
 SPLIT_STREAMS = {"train": 1, "test": 2}
 # labels for the pictures' colours: the sector of the true latent's angle (its posterior's orientation)
 ANGLE_SECTORS = 8
+LABEL_NAME = "angle sector"
 # Fisher-scoring steps from a true latent to its image's posterior mode, and the most halvings of one step
 # (on 200 test images the 20th step moved the median image by < 1e-16 and the slowest, near z = 0, by 0.012)
 MODE_STEPS, HALVINGS = 20, 10

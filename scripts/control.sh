@@ -72,11 +72,17 @@ for line in "${LINES[@]}"; do
         "hydra.sweep.dir=$TUNED_DIR" "$@" || status=1
 done
 "$VAE_COMPARE" report "$TUNED_DIR" --select > /dev/null || status=1
-"$PYTHON" -c 'import csv, sys; [print(row["overrides"]) for row in csv.DictReader(open(sys.argv[1]))]' \
-    "$TUNED_DIR/selected.csv" | while read -r selected; do
+for line in "${LINES[@]}"; do
+    family=$(grep -oE "family=[a-z0-9_]+" <<< "$line" | head -1)
+    # selected.csv names only the keys the grid varied (offdiag_scale): they replace the answer setting's
+    selected=$("$PYTHON" -c 'import csv, sys; [print(row["overrides"]) for row in csv.DictReader(open(sys.argv[1]))
+                                                if row["family"] == sys.argv[2]]' "$TUNED_DIR/selected.csv" "${family#family=}")
+    [ -n "$selected" ] || continue
+    setting=$(sed -E 's/family\.offdiag_scale=[^ ]+//' <<< "$line")
     # shellcheck disable=SC2086
-    "$VAE_COMPARE" train -m $selected latent_dim=2 "${TRUE[@]}" "${EVAL[@]}" "${FROZEN_EVAL[@]}" "${LAUNCH[@]}" \
-        "seed=$SEEDS" "hydra.sweep.dir=$CONTROL_DIR/synthetic/frozen_true_tuned" "$@" || status=1
+    "$VAE_COMPARE" train -m $setting $(sed -E 's/(^| )family=[^ ]+//' <<< "$selected") "${TRUE[@]}" "${EVAL[@]}" \
+        "${FROZEN_EVAL[@]}" "${LAUNCH[@]}" "seed=$SEEDS" "hydra.sweep.dir=$CONTROL_DIR/synthetic/frozen_true_tuned" "$@" \
+        || status=1
 done
 
 # 2. MNIST: source decoders, two at a time

@@ -27,6 +27,7 @@ def test_a_tiny_sweep_writes_calibration_and_verdicts(tmp_path):
     assert trained.returncode == 0, trained.stderr
     calibrated = run_cli(["calibrate", str(sweep_dir), *CALIBRATION], cwd=tmp_path)
     assert calibrated.returncode == 0, calibrated.stderr
+    assert calibrated.stdout.count("median") == 8, calibrated.stdout  # both proposals of the four runs
     results = [json.loads(path.read_text()) for path in sorted(sweep_dir.glob(f"*/{export.CALIBRATION_JSON}"))]
     assert len(results) == 4
     for result in results:

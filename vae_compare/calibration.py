@@ -133,7 +133,9 @@ def calibrate_main(folder, overrides, console):
 
     def show(result):
         console.print(", ".join(f"{row['proposal']}: bias {row['bias']:+.3f} ± {row['bias_stderr']:.3f} nats "
-                                f"({row['seconds']:.0f} s)" for row in result["rows"])
+                                f"(median {row['bias_median']:+.3f}, {row['missed_images']} of {row['images']} images "
+                                f"more than {row['missed_nats']:g} nat below; {row['seconds']:.0f} s)"
+                                for row in result["rows"])
                       + f"; reference {result['reference']} ({result['reference_seconds']:.0f} s), {result['check']} "
                         f"{result['check_mean']:+.3f} ({result['check_max']:.3f})", markup=False)
 

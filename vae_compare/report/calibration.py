@@ -21,8 +21,7 @@ def calibration_rows(runs):
                          "images": row["images"], "iwae_samples": row["iwae_samples"], "bias": row["bias"],
                          "bias_stderr": row["bias_stderr"], "bias_median": row.get("bias_median"),
                          "bias_worst": row.get("bias_worst"), "missed_images": row.get("missed_images"),
-                         "missed_nats": row.get("missed_nats"),
-                         "seconds": row["seconds"],
+                         "missed_nats": row.get("missed_nats"), "seconds": row["seconds"],
                          "reference": result["reference"], "log_px_reference": result["log_px_reference"],
                          "reference_check": result["check"], "check_mean": result["check_mean"],
                          "check_max": result["check_max"], "reference_seconds": result["reference_seconds"]})

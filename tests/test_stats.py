@@ -138,6 +138,13 @@ def test_two_way_model_links_variants_through_shared_seeds_only():
     assert math.isnan(fit.gains[2]) and fit.df == 0 and fit.residual_sd is None
 
 
+def test_a_cell_without_values_has_no_estimable_gain():
+    """A tuning sweep (eval.on_test=false) has no test values: every gain is left out, nothing is fitted."""
+    fit = fit_additive({"diag": {}, "A": {}, "B": {}}, "diag")
+    assert fit.estimable.tolist() == [False, False] and np.isnan(fit.gains).all()
+    assert fit.df == 0 and fit.residual_sd is None and fit.counts == {"diag": 0, "A": 0, "B": 0}
+
+
 def test_minimum_detectable_effect_has_its_power():
     """(c + t(0.8)) SE: with many df it is the textbook (1.96 + 0.84) SE = 2.80 SE; on 12 df a true gain of
     that size puts the t statistic above c with probability close to 0.8 (noncentral t)."""

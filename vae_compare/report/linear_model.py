@@ -35,8 +35,8 @@ def fit_additive(table: dict, baseline) -> AdditiveFit:
     seeds = sorted({seed for by_seed in table.values() for seed in by_seed})
     cells = [(variant, seed, value) for variant, by_seed in table.items() for seed, value in sorted(by_seed.items())]
     # columns: intercept, one indicator per non-baseline variant (treatment coding: a[baseline] = 0), one per
-    # seed after the first
-    design = np.zeros((len(cells), 1 + len(others) + len(seeds) - 1))
+    # seed after the first (none when no variant has a value, as in a tuning sweep that never read the test set)
+    design = np.zeros((len(cells), 1 + len(others) + max(len(seeds) - 1, 0)))
     design[:, 0] = 1.0
     for i, (variant, seed, _) in enumerate(cells):
         if variant != baseline:

@@ -231,7 +231,7 @@ def page(verdicts, spread, shape, exact, optimum, selection, designs, images):
                   "0.01, 0.001) at its answer setting on seed 0 under the plateau rule, with the test set unread, and "
                   "`vae-compare report --select` took the best validation ELBO.", ""]
         columns = ["family", "selected", "val_elbo", "candidates", "runner_up", "runner_up_val_elbo"]
-        lines += [markdown_table(columns, [[row[c] if "val_elbo" not in c else number(float(row[c]))
+        lines += [markdown_table(columns, [[row[c] if "val_elbo" not in c or not row[c] else number(float(row[c]))
                                             for c in columns] for row in selection]), ""]
     lines += ["## Seed spread", "",
               "The seed sd of each family's metric (a frozen decoder leaves only the encoder's seed to vary).", ""]

@@ -86,6 +86,11 @@ def reference(model, x, proposal, settings, seed):
                   "check_mean": float(change.mean()), "check_max": float(change.abs().max())}
 
 
+def recorded_settings(settings, run_overrides):
+    """What calibration.json records as its settings, and what a rerun compares to skip a measured run."""
+    return {**OmegaConf.to_container(settings), "overrides": sorted(run_overrides)}
+
+
 def bias_summary(bias):
     """The per-image biases (N,) summed up: mean ± standard error, and, since one missed mode moves the mean by
     far more than its share, the median, the worst image and the count of missed images (MISSED_NATS)."""
@@ -118,7 +123,7 @@ def calibrate_run(folder, settings, run_overrides, progress=None):
     rows = [{"proposal": name, "main": name == str(cfg.eval.log_px_proposal), "images": len(x),
              "iwae_samples": cfg.eval.iwae_samples, **bias_summary(estimates[name].double() - truth.double()),
              "seconds": seconds[name]} for name in PROPOSALS]
-    result = {"settings": {**OmegaConf.to_container(settings), "overrides": sorted(run_overrides)}, "rows": rows,
+    result = {"settings": recorded_settings(settings, run_overrides), "rows": rows,
               "qstar_steps": cfg.eval.qstar_steps, "qstar_samples": cfg.eval.qstar_samples, "log_px_reference": float(truth.mean()),
               "reference_seconds": seconds["reference"], **check,
               "run": {"family": model.family.name, "latent_dim": cfg.latent_dim, "seed": cfg.seed,
@@ -140,5 +145,5 @@ def calibrate_main(folder, overrides, console):
                         f"{result['check_mean']:+.3f} ({result['check_max']:.3f})", markup=False)
 
     return measure_runs_below(folder, export.CALIBRATION_JSON,
-                              {**OmegaConf.to_container(settings), "overrides": sorted(run_overrides)},
+                              recorded_settings(settings, run_overrides),
                               lambda run, progress: calibrate_run(run, settings, run_overrides, progress), show, console)

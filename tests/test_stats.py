@@ -357,3 +357,24 @@ def test_missing_seeds_are_fitted_on_what_is_there(tmp_path):
     assert "lowrank(k=2) inconclusive (no gain: it shares no seed with diag)" in result["verdict"]
     rows = {row["variant"]: row for row in export.read_csv(tmp_path / "verdict.csv")}
     assert rows["lowrank(k=2)"]["gain"] == "" and rows["cholesky"]["verdict"] in ("better", "inconclusive")
+
+
+@pytest.mark.slow  # seconds in-process: make test runs it, make test-fast leaves it out
+def test_alpha_sets_the_level_of_a_looks_intervals_and_tost(sweep):
+    """report --alpha 0.005 (look 1 of the answer's sequential design): the paired interval uses t(1 - 0.005/6, 2),
+    TOST and delta_min are at 0.005, and the tables and verdict.csv say so."""
+    root, _, _ = sweep
+    out = root / "report_alpha"
+    result = build_report(root, out, console=Console(file=io.StringIO(), width=200), paired=True, alpha=0.005)
+    chol = group(result, 8, "cholesky")
+    critical = stats.t.ppf(1 - 0.005 / 6, 2)
+    assert critical > 7.6488  # wider than at 0.05
+    assert chol["gain_low"] == pytest.approx(2.0 - critical / math.sqrt(3), abs=1e-6)
+    assert chol["tost_delta_min"] == pytest.approx(2.0 + stats.t.ppf(0.995, 2) / math.sqrt(3), abs=1e-6)
+    # lowrank's interval at 0.05 excluded zero (better); at 0.005 it is 0.6 +- 24.8 * 0.1 / sqrt(3): still above 0
+    assert group(result, 8, "lowrank(k=2)")["gain_low"] == pytest.approx(0.6 - critical * 0.1 / math.sqrt(3), abs=1e-6)
+    assert {row["alpha"] for row in export.read_csv(out / "verdict.csv")} == {"0.005"}
+    text = (out / "report.md").read_text()
+    assert "99.5% sim. CI" in text and "simultaneous 99.5% interval" in text and "t(1 − 0.005/2m)" in text
+    with pytest.raises(UserError, match="--alpha"):
+        build_report(root, out, console=Console(file=io.StringIO()), alpha=0.7)

@@ -27,7 +27,7 @@ from vae_compare.report.calibration import calibration_markdown, calibration_row
 from vae_compare.report.collect import config_keys, family_order, label_runs, varying
 from vae_compare.report.gaps import gap_groups, gaps_markdown, write_gaps_plot
 from vae_compare.report.plots import plot_colours, posterior_markdown, write_plots
-from vae_compare.report.inference import DEFAULT_DELTA
+from vae_compare.report.inference import ALPHA, DEFAULT_DELTA
 from vae_compare.report.render import console_table, diverged_line, markdown_table, report_markdown, summary_rows
 from vae_compare.report.select import select_settings, selection_table
 from vae_compare.report.stats import ANALYSIS_NAMES, COMPARISON_METRIC, METRIC_NAMES, make_groups
@@ -35,14 +35,18 @@ from vae_compare.rundir import find_diverged, find_runs
 
 
 def build_report(folder: Path, out: Path | None = None, console=None, select=False, tuned=False, paired=False,
-                 delta=DEFAULT_DELTA, metric=COMPARISON_METRIC) -> dict:
+                 delta=DEFAULT_DELTA, metric=COMPARISON_METRIC, alpha=ALPHA) -> dict:
     """Summarize every finished run below folder into out (default: folder); returns the numbers. With
     select, only choose each family's setting by validation ELBO (selected.csv, selection.md). With tuned,
     compare each family at its own setting (label_runs). paired: the per-seed paired analysis instead of the
     two-way model; delta: the equivalence margin in nats; metric: what the gains compare (METRIC_NAMES: test
-    ELBO for runs that share a frozen decoder, whose log p(x) is the decoder's and the same for every family)."""
+    ELBO for runs that share a frozen decoder, whose log p(x) is the decoder's and the same for every family);
+    alpha: the family-wise error rate of each cell's intervals and the level of each TOST (a sequential design's
+    share at one look)."""
     if not 0 < delta < math.inf:
         raise UserError(f"--delta must be a positive number of nats, not {delta}")
+    if not 0 < alpha < 0.5:
+        raise UserError(f"--alpha must be between 0 and 0.5, not {alpha}")
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file, not a folder; give the run or sweep folder that holds it")
@@ -74,7 +78,7 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
         console.print(selection_table(rows))
         console.print(f"selection: {out / 'selection.md'}")
         return {"runs": len(runs), "unfinished": unfinished, "selected": rows, "out": str(out)}
-    groups, cells = make_groups(runs, paired=paired, delta=delta, metric=metric)
+    groups, cells = make_groups(runs, paired=paired, delta=delta, metric=metric, alpha=alpha)
     export.write_csv(out / "summary.csv", summary_rows(runs, varying_keys))
     posterior_plots = write_plots(runs, groups, out)
     markdown = report_markdown(folder, runs, unfinished, groups, setting_keys + family_keys,
@@ -97,7 +101,7 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
         title = f"verdicts: gain over diag, {ANALYSIS_NAMES[cells[0]['analysis']]}"
         console.print(verdict.console_table(groups, title=title))
     # variant names hold "[...]", which is not markup
-    console.print(verdict.words_paragraph(cells[0]["metric"], delta, cells[0]["analysis"]).replace("**", ""),
+    console.print(verdict.words_paragraph(cells[0]["metric"], delta, cells[0]["analysis"], alpha).replace("**", ""),
                   markup=False)
     sentences = verdict.cell_sentences(groups, cells)
     console.print(sentences, markup=False)
@@ -127,6 +131,9 @@ def main(args: list[str]) -> None:
     parser.add_argument("--metric", choices=sorted(METRIC_NAMES), default=COMPARISON_METRIC,
                         help=f"what the gains and verdicts compare (default {COMPARISON_METRIC}); elbo for encoders "
                              f"trained on one frozen decoder (train.decoder_from), whose log p(x) is the decoder's")
+    parser.add_argument("--alpha", type=float, default=ALPHA,
+                        help=f"family-wise error rate of each latent size's intervals, and the level of each TOST "
+                             f"(default {ALPHA:g}; a sequential design's share at one look)")
     options = parser.parse_args(args)
     build_report(options.folder, options.out, select=options.select, tuned=options.tuned, paired=options.paired,
-                 delta=options.delta, metric=options.metric)
+                 delta=options.delta, metric=options.metric, alpha=options.alpha)

@@ -8,7 +8,8 @@ import math
 import numpy as np
 from scipy import optimize, stats
 
-# Family-wise error rate of one cell's intervals, and the level of each TOST.
+# Family-wise error rate of one cell's intervals, and the level of each TOST (report --alpha: a sequential
+# design spends a share of it at each look).
 ALPHA = 0.05
 # Power for the minimum detectable effect and for the seeds an equivalence claim needs.
 POWER = 0.80
@@ -87,6 +88,11 @@ def seeds_for_equivalence(spread, delta, groups, alpha=ALPHA, power=POWER):
     needed = (stats.t.ppf(1 - alpha, df) + stats.t.ppf(1 - (1 - power) / 2, df)) * spread / np.sqrt(seeds)
     enough = np.flatnonzero(needed <= delta)
     return int(seeds[enough[0]]) if enough.size else None
+
+
+def confidence(alpha):
+    """The simultaneous intervals' confidence as a label: 95% at alpha 0.05, 99.5% at 0.005."""
+    return f"{100 * (1 - alpha):.4g}%"
 
 
 def verdict_word(low, high, equivalent):

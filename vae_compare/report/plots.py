@@ -10,6 +10,7 @@ from matplotlib.ticker import MaxNLocator
 
 from vae_compare import export, pictures
 from vae_compare.report.collect import series
+from vae_compare.report.inference import confidence
 from vae_compare.report.stats import METRIC_NAMES, PAIRED
 
 def save_png(fig, path):
@@ -85,7 +86,8 @@ def gain_figure(groups, colours):
                             fmt="none", ecolor=colours[name], capsize=3)
         latent_dim_axis(ax, dims)
         analysis = "paired by seed" if rows and rows[0]["analysis"] == PAIRED else "two-way model"
-        ax.set(title=f"{dataset}, {analysis}; bars: simultaneous 95% interval (report table), none without one",
+        level = confidence(rows[0]["alpha"]) if rows else ""
+        ax.set(title=f"{dataset}, {analysis}; bars: simultaneous {level} interval (report table), none without one",
                xlabel="latent_dim", ylabel=f"gain in {METRIC_NAMES.get(metric, metric)} over diag (nats)")
         ax.title.set_fontsize("small")
         ax.grid(alpha=0.3)

@@ -8,6 +8,7 @@ from rich.text import Text
 from vae_compare.posteriors import FAMILIES
 from vae_compare.report.collect import family_order
 from vae_compare.report.plots import PLOTS
+from vae_compare.report.inference import confidence
 from vae_compare.report.stats import ANALYSIS_NAMES, METRIC_NAMES
 
 PARAM_COLUMNS = ("head_outputs", "head_formula", "encoder_params", "decoder_params", "total_params", "hidden")
@@ -56,7 +57,7 @@ def group_table(groups):
     """Header and rows of the group table, shared by report.md and the console."""
     with_setting = any(row["setting"] for row in groups)
     header = ["dataset", "d"] + (["settings"] if with_setting else []) + [
-        "variant", "n", "log p(x)", "ELBO", "gain vs diag [95% CI]", "head", "params", "s/epoch", "active",
+        "variant", "n", "log p(x)", "ELBO", f"gain vs diag [{confidence(groups[0]['alpha'])} CI]", "head", "params", "s/epoch", "active",
         "active dir.", "logdet gap"]
     rows = []
     for row in groups:
@@ -97,7 +98,7 @@ TEXT_COLUMNS = ("dataset", "settings", "variant")
 # The console's group table: the columns that answer the question, short enough for a 100-column terminal;
 # report.md keeps every column.
 CONSOLE_CAPTION = ("d: latent_dim · n: seeds · log p(x): test IWAE estimate, mean ± sd over seeds (nats) · "
-                   "gain vs diag: gain in log p(x) [simultaneous 95% interval], verdicts below · ELBO: test, mean · "
+                   "gain vs diag: gain in log p(x) [simultaneous interval], verdicts below · ELBO: test, mean · "
                    "gap: log-det gap · s/ep: seconds per epoch. report.md also has head outputs, parameters and active "
                    "units.")
 
@@ -182,7 +183,7 @@ def report_markdown(folder, runs, unfinished, groups, split_keys, verdict_sectio
         "eval.log_px_proposal) in nats, higher is better "
         "(NLL = −log p(x)); log p(x) and ELBO are mean ± sd over seeds. The gain is "
         f"{metric}(variant) − {metric}(diag) at the same dataset, latent_dim and "
-        f"settings with its simultaneous 95% interval ({ANALYSIS_NAMES[groups[0]['analysis']]}; see Verdict). d is "
+        f"settings with its simultaneous {confidence(groups[0]['alpha'])} interval ({ANALYSIS_NAMES[groups[0]['analysis']]}; see Verdict). d is "
         "latent_dim; head (encoder head outputs per image), params "
         "(total parameters), s/epoch, active (coordinates whose posterior mean varies, Burda et al.), active dir. "
         "(the rotation-invariant count: eigenvalues of Cov_x(E[z|x]) above the threshold) and logdet gap are means "

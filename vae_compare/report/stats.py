@@ -70,7 +70,7 @@ def recorded(by_seed):
     return {seed: value for seed, value in by_seed.items() if not math.isnan(value)}
 
 
-def make_groups(runs, paired=False, delta=DEFAULT_DELTA, metric=COMPARISON_METRIC):
+def make_groups(runs, paired=False, delta=DEFAULT_DELTA, metric=COMPARISON_METRIC, alpha=ALPHA):
     """One row per dataset x latent_dim x settings x variant, with its gain over that cell's diag in metric;
     and one summary per cell (the analysis, its degrees of freedom, residual sd and variance check)."""
     members = defaultdict(list)
@@ -92,11 +92,11 @@ def make_groups(runs, paired=False, delta=DEFAULT_DELTA, metric=COMPARISON_METRI
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(by_seed.values())
         groups.append(row)
         values.append(seeds)
-    cells = add_gains(groups, values, PAIRED if paired else TWO_WAY, delta, metric)
+    cells = add_gains(groups, values, PAIRED if paired else TWO_WAY, delta, metric, alpha)
     return groups, cells
 
 
-def add_gains(groups, values, analysis, delta, metric):
+def add_gains(groups, values, analysis, delta, metric, alpha):
     """Gains over diag (unmatched) at the same dataset, latent_dim and settings, in metric and in the ELBO.
 
     Groups are sorted with plain diag first in each cell; if diag's own settings vary, the first is the baseline.
@@ -110,15 +110,16 @@ def add_gains(groups, values, analysis, delta, metric):
         others = [member for member in members if base is not None and member is not base]
         for row, _ in members:
             row.update({"baseline": base[0]["variant"] if base else None, "comparisons": len(others),
-                        "analysis": analysis, "metric": metric, "delta": delta})
+                        "analysis": analysis, "metric": metric, "delta": delta, "alpha": alpha})
             row.update(dict.fromkeys(COMPARISON_FIELDS))
             row.update({"gain_n": 0, "elbo_gain": None, "elbo_gain_low": None, "elbo_gain_high": None})
         summary = {"dataset": key[0], "latent_dim": key[1], "setting": key[2], "baseline": base[0]["variant"] if base
-                   else None, "analysis": analysis, "metric": metric, "delta": delta, "comparisons": len(others)}
+                   else None, "analysis": analysis, "metric": metric, "delta": delta, "alpha": alpha,
+                   "comparisons": len(others)}
         if others:
             compare_cell = two_way if analysis == TWO_WAY else paired_by_seed
-            results, fit_summary = compare_cell(base, others, metric, delta)
-            elbo_results, _ = compare_cell(base, others, "elbo", delta)
+            results, fit_summary = compare_cell(base, others, metric, delta, alpha)
+            elbo_results, _ = compare_cell(base, others, "elbo", delta, alpha)
             for (row, _), result, elbo in zip(others, results, elbo_results):
                 row.update(result)
                 row.update({"elbo_gain": elbo["gain"], "elbo_gain_low": elbo["gain_low"],
@@ -128,7 +129,7 @@ def add_gains(groups, values, analysis, delta, metric):
     return summaries
 
 
-def two_way(base, others, metric, delta):
+def two_way(base, others, metric, delta, alpha=ALPHA):
     """Every variant of the cell against diag in one additive model (variant + seed) with pooled variance."""
     table = {index: recorded(seeds[metric]) for index, (_, seeds) in enumerate([base] + others)}
     fit = fit_additive(table, 0)
@@ -137,15 +138,15 @@ def two_way(base, others, metric, delta):
     if fit.df > 0 and usable.size:
         cov = fit.unscaled_cov[np.ix_(usable, usable)]
         scale = np.sqrt(np.diag(cov))
-        critical = dunnett_critical(cov / np.outer(scale, scale), fit.df)
+        critical = dunnett_critical(cov / np.outer(scale, scale), fit.df, alpha)
     results = []
     for index in range(len(others)):
         gain = float(fit.gains[index]) if fit.estimable[index] else None
         se = fit.residual_sd * math.sqrt(fit.unscaled_cov[index, index]) if critical is not None and gain is not None else None
-        result = compare(gain, se, fit.df, critical, delta)
+        result = compare(gain, se, fit.df, critical, delta, alpha)
         result["gain_n"] = fit.counts[index + 1]
         if result["verdict"] == "inconclusive" and fit.residual_sd is not None:
-            result["seeds_needed"] = seeds_for_equivalence(fit.residual_sd * math.sqrt(2), delta, len(table))
+            result["seeds_needed"] = seeds_for_equivalence(fit.residual_sd * math.sqrt(2), delta, len(table), alpha)
         results.append(result)
     p, check = variance_check(fit.residuals)
     return results, {"df": fit.df, "residual_sd": fit.residual_sd, "critical": critical,
@@ -171,7 +172,7 @@ def variance_check(residuals):
     return p, f"variances compatible (Brown-Forsythe p = {p:.2f})"
 
 
-def paired_by_seed(base, others, metric, delta):
+def paired_by_seed(base, others, metric, delta, alpha=ALPHA):
     """Each variant's per-seed differences from diag on the seeds both have: a t interval on n - 1 degrees of
     freedom, Bonferroni-corrected for the cell's comparisons."""
     baseline = recorded(base[1][metric])
@@ -182,11 +183,11 @@ def paired_by_seed(base, others, metric, delta):
         gain, sd = mean_std(diffs) if diffs else (None, None)
         df = len(diffs) - 1
         se = sd / math.sqrt(len(diffs)) if sd is not None else None
-        critical = stats.t.ppf(1 - ALPHA / (2 * len(others)), df) if se is not None else None
-        result = compare(gain, se, df, critical, delta)
+        critical = stats.t.ppf(1 - alpha / (2 * len(others)), df) if se is not None else None
+        result = compare(gain, se, df, critical, delta, alpha)
         result["gain_n"] = len(diffs)
         if result["verdict"] == "inconclusive" and sd is not None:
-            result["seeds_needed"] = seeds_for_equivalence(sd, delta, 2)
+            result["seeds_needed"] = seeds_for_equivalence(sd, delta, 2, alpha)
         results.append(result)
     return results, {"df": None, "residual_sd": None, "critical": None, "variance_p": None,
                      "variance_check": "not needed (each comparison has its own variance)"}

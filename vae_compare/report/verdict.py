@@ -6,7 +6,7 @@ from collections import defaultdict
 from rich.text import Text
 
 from vae_compare import export
-from vae_compare.report.inference import ALPHA, MAX_SEEDS, POWER
+from vae_compare.report.inference import MAX_SEEDS, POWER, confidence
 from vae_compare.report.render import interval, markdown_table, rich_table
 from vae_compare.report.stats import ANALYSIS_NAMES, METRIC_NAMES, PAIRED, cell
 
@@ -14,31 +14,31 @@ VERDICT_FILE = "verdict.csv"
 # verdict.csv: these columns first, in this order (issue 24), then the ones after
 VERDICT_COLUMNS = ("dataset", "latent_dim", "variant", "n", "gain", "ci_low", "ci_high", "tost_delta_min", "mde",
                    "verdict")
-EXTRA_COLUMNS = ("settings", "metric", "analysis", "n_diag", "se", "df", "critical", "delta", "tost_p",
+EXTRA_COLUMNS = ("settings", "metric", "analysis", "n_diag", "se", "df", "critical", "alpha", "delta", "tost_p",
                  "seeds_needed", "residual_sd", "variance_p")
 
 
-def words_paragraph(metric, delta, analysis):
+def words_paragraph(metric, delta, analysis, alpha):
     """The four verdict words, the numbers beside them, and how the intervals are made, in one paragraph."""
     name = METRIC_NAMES.get(metric, metric)
-    confidence = f"{1 - ALPHA:.0%}"
+    level = confidence(alpha)
     if analysis == PAIRED:
         how = (f"Paired analysis (report --paired): each variant's per-seed differences from diag on the seeds both "
                f"have, a t-interval on n − 1 degrees of freedom, Bonferroni-corrected over the comparisons in its "
-               f"latent size; the critical value c is t(1 − {ALPHA:g}/2m)")
+               f"latent size; the critical value c is t(1 − {alpha:g}/2m)")
     else:
         how = (f"Within each dataset and latent size, one two-way model (variant + seed, additive, least squares on "
                f"the runs there) pools the residual variance of all variants; the intervals are Dunnett's "
-               f"simultaneous {confidence} intervals against diag, whose critical value c comes from the multivariate "
+               f"simultaneous {level} intervals against diag, whose critical value c comes from the multivariate "
                f"t with the model's residual degrees of freedom and the correlation of the gains' estimates")
     return (f"**Verdicts.** The gain is {name} of the variant minus diag's (nats, higher is better). **better**: the "
-            f"simultaneous {confidence} interval of the gain lies above 0; **worse**: it lies below 0; **equivalent**: "
-            f"the interval contains 0 and TOST (two one-sided t-tests at {ALPHA:g}; a joint claim that all are "
+            f"simultaneous {level} interval of the gain lies above 0; **worse**: it lies below 0; **equivalent**: "
+            f"the interval contains 0 and TOST (two one-sided t-tests at {alpha:g}; a joint claim that all are "
             f"equivalent needs no correction, by the intersection-union principle) puts the gain within ±δ = "
             f"{delta:g} nats (report --delta); **inconclusive**: neither, so these seeds cannot tell, and the row "
             f"gives the seeds per variant TOST at ±δ would need for {POWER:.0%} power if the true gain were 0 (from "
             f"the observed sd). δmin is the smallest margin these data would call equivalent (|gain| + "
-            f"t(1 − {ALPHA:g}) SE); MDE is the true gain these seeds would detect with {POWER:.0%} power, "
+            f"t(1 − {alpha:g}) SE); MDE is the true gain these seeds would detect with {POWER:.0%} power, "
             f"(c + t({POWER:g})) SE. {how}.")
 
 
@@ -98,7 +98,8 @@ def table(groups):
     settings above their rows when they vary."""
     rows_in = comparisons(groups)
     datasets = len({row["dataset"] for row in rows_in}) > 1
-    header = (["dataset"] if datasets else []) + ["d", "variant", "n", "gain", "95% sim. CI", "δmin", "MDE",
+    header = (["dataset"] if datasets else []) + ["d", "variant", "n", "gain",
+                                                  f"{confidence(rows_in[0]['alpha'])} sim. CI" if rows_in else "sim. CI", "δmin", "MDE",
                                                   "verdict", "seeds"]
     rows, setting = [], ""
     for row in rows_in:
@@ -115,7 +116,7 @@ def table(groups):
     return header, rows
 
 
-TABLE_CAPTION = ("n: seeds of the variant · gain: over diag (nats) · 95% sim. CI: simultaneous interval · δmin: "
+TABLE_CAPTION = ("n: seeds of the variant · gain: over diag (nats) · sim. CI: simultaneous interval · δmin: "
                  "smallest equivalence margin supported · MDE: effect detectable with 80% power · seeds: per "
                  "variant for TOST at ±δ (inconclusive rows)")
 
@@ -130,7 +131,7 @@ def markdown(groups, cells):
     return "\n".join([
         "## Verdict",
         "",
-        words_paragraph(first["metric"], first["delta"], first["analysis"]),
+        words_paragraph(first["metric"], first["delta"], first["analysis"], first["alpha"]),
         "",
         f"Analysis: {ANALYSIS_NAMES[first['analysis']]}. " + cell_sentences(groups, cells),
         "",
@@ -152,7 +153,7 @@ def write_verdict_csv(groups, cells, path):
             "tost_delta_min": row["tost_delta_min"], "mde": row["mde"], "verdict": row["verdict"],
             "settings": row["setting"], "metric": row["metric"], "analysis": row["analysis"],
             "n_diag": diag_seeds[cell(row)], "se": row["gain_se"], "df": row["gain_df"],
-            "critical": row["gain_critical"], "delta": row["delta"], "tost_p": row["tost_p"],
+            "critical": row["gain_critical"], "alpha": row["alpha"], "delta": row["delta"], "tost_p": row["tost_p"],
             "seeds_needed": row["seeds_needed"], "residual_sd": summary["residual_sd"],
             "variance_p": summary["variance_p"]}
         rows.append({column: values[column] for column in VERDICT_COLUMNS + EXTRA_COLUMNS})

@@ -559,29 +559,6 @@ def test_study_settings_are_the_familys_own_and_name_config_keys(family):
     assert cls.tuning_grid, family
 
 
-def test_answer_sweeps_take_a_selection_for_the_keys_they_name(tmp_path, capsys):
-    """`python -m vae_compare.posteriors answer 8 selected.csv`: the selection's value replaces each key the
-    registry's sweep names (train.lr, offdiag_scale); a key the sweep leaves at its default (diag's offdiag_scale)
-    is not added, so the folder name stays the registry run's; a family missing from the selection is refused."""
-    from vae_compare.posteriors.__main__ import main
-    from vae_compare.posteriors.study import answer_sweeps, with_selection
-
-    sweep = ("latent_dim=8", "family=cholesky", "family.offdiag_scale=0.001", "train.lr=3e-3")
-    assert with_selection(sweep, "family=cholesky family.offdiag_scale=1.0 train.lr=0.01") == (
-        "latent_dim=8", "family=cholesky", "family.offdiag_scale=1.0", "train.lr=0.01")
-    diag = ("latent_dim=8", "family=diag", "train.lr=3e-3")
-    assert with_selection(diag, "family=diag train.lr=0.003 family.offdiag_scale=0.0") == (
-        "latent_dim=8", "family=diag", "train.lr=0.003")
-    rows = ["dataset,latent_dim,family,overrides"] + [f"mnist,8,{name},family={name} train.lr=0.01" for name in FAMILIES]
-    (tmp_path / "selected.csv").write_text("\n".join(rows) + "\n")
-    assert main(["answer", "8", str(tmp_path / "selected.csv")]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(answer_sweeps(FAMILIES, ["8"])) and all("train.lr=0.01" in line for line in lines)
-    (tmp_path / "partial.csv").write_text("\n".join(rows[:2]) + "\n")
-    assert main(["answer", "8", str(tmp_path / "partial.csv")]) == 2
-    assert "has no selection for" in capsys.readouterr().err
-
-
 def test_family_yaml_files_list_every_key_and_compose():
     """Every family has a YAML file listing every FamilyConfig key (so every run logs the same keys), and
     each composes into the typed schema and passes validate and its family's checks at the default latent_dim;

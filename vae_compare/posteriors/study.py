@@ -4,8 +4,7 @@ scripts/answer.sh through `python -m vae_compare.posteriors`, so that neither sc
 tuning_grid:  the family's sweeps in the tuning grid on validation data, each a tuple of Hydra overrides
               (comma-separated values sweep); scripts/tune.sh adds the learning rates and the preset.
 answer_runs:  the family's runs in the published answer at the setting the grid selected (AnswerRun); empty
-              for a family whose setting has not been selected. scripts/answer.sh retunes the keys they name on
-              validation data at its own budget and substitutes its selection (with_selection).
+              for a family whose setting has not been selected.
 A family's settings are its own: a subclass does not inherit them, it declares its own (a test checks it).
 """
 
@@ -49,11 +48,3 @@ def answer_sweeps(families, latent_dims):
             if dims:
                 sweeps.append((f"latent_dim={','.join(dims)}", f"family={name}") + run.overrides)
     return sweeps
-
-
-def with_selection(sweep, selected):
-    """An answer sweep with the values of a selection (its `overrides`, as report --select writes them) in place of
-    the keys the sweep already names; keys the sweep leaves at their defaults stay so, so the run's folder name
-    is unchanged where the selection agrees with the registry."""
-    chosen = dict(override.split("=", 1) for override in selected.split())
-    return tuple(f"{key}={chosen.get(key, value)}" for key, value in (override.split("=", 1) for override in sweep))

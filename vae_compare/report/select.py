@@ -24,22 +24,17 @@ def select_settings(runs, split_keys):
         scored = sorted(((statistics.fmean(r["summary"]["best_val_elbo"] for r in members), name, members)
                          for name, members in by_series.items()), key=lambda item: -item[0])
         best_val, name, members = scored[0]
-        runner_up = scored[1] if len(scored) > 1 else None
+        config = members[0]["config"]
+        keys = [key for key in split_keys if key in config and (key.startswith("family.") or not key.startswith("model.match"))]
         rows.append({
             "dataset": dataset, "latent_dim": latent_dim, "family": family, "selected": name,
             "seeds": len(members), "val_elbo": best_val, "candidates": len(scored),
-            "runner_up": runner_up[1] if runner_up else "", "runner_up_val_elbo": runner_up[0] if runner_up else None,
-            "overrides": overrides(family, members[0]["config"], split_keys),
-            "runner_up_overrides": overrides(family, runner_up[2][0]["config"], split_keys) if runner_up else "",
+            "runner_up": scored[1][1] if len(scored) > 1 else "", "runner_up_val_elbo": scored[1][0] if len(scored) > 1 else None,
+            # family=<name> selects the family's config group (its defaults), then its own keys as tuned
+            "overrides": " ".join([f"family={family}"] + [f"{key}={config[key]}" for key in keys
+                                                          if config.get(key) is not None]),
         })
     return rows
-
-
-def overrides(family, config, split_keys):
-    """The overrides that reproduce a series: family=<name> selects the family's config group (its defaults), then
-    its own keys as tuned."""
-    keys = [key for key in split_keys if key in config and (key.startswith("family.") or not key.startswith("model.match"))]
-    return " ".join([f"family={family}"] + [f"{key}={config[key]}" for key in keys if config.get(key) is not None])
 
 
 def selection_table(rows):

@@ -1,53 +1,109 @@
 #!/usr/bin/env bash
-# The published answer (README "The answer"; `make answer`): every family that declares answer runs
-# (vae_compare/posteriors), at the setting the tuning grid selected on validation data, latent_dim 2, 8 and 32,
-# seeds 0, 1, 2, trained until the validation ELBO stops improving (experiment=answer: patience 3, at most 30
-# epochs), test log p(x) with its k-curve, equal-budget diag runs (encoder widened to cholesky's parameter count),
-# the inference gaps of every seed-0 run on the same 200 test images, then the tuned report into $PUBLISH_DIR
-# (report.md, summary.csv, gaps.csv, the plots).
+# The decisive answer (issue 26; README "The answer"; docs/answer.md), in blocks: each call runs the queue below
+# from the top for at most ANSWER_MINUTES, skipping what is done, and ends with the report of everything finished.
+# When the minutes are spent the runs in training write a checkpoint and stop (exit 75); the same command, on
+# this machine or on another one with the committed results and the runs folder, continues where it stopped.
 #
-# Usage: scripts/answer.sh [extra overrides]   environment: ANSWER_SCALE (cpu, the default, or full), ANSWER_DIR,
-#                                             PUBLISH_DIR, ANSWER_SEEDS, ANSWER_DIMS, GAPS_IMAGES, GAPS_OPTIONS
-#                                             (more gaps.<key>=value overrides), ANSWER_JOBS,
-#                                             PYTHON (default: the python beside $VAE_COMPARE)
-# ANSWER_SCALE=full is the GPU scale (experiment=answer_full: the default model, patience 10, at most 300 epochs,
-# k=5000 on the whole test set; latent_dim 2, 8, 32 and 64, seeds 0-4, gaps of 1000 images); untested.
-# Rerunning the same command finishes a run that was cut short: finished runs and measured gaps are skipped,
-# runs with a checkpoint continue from it.
+# The queue (experiment=answer: every run trained to convergence by the rule docs/convergence.md measured):
+#  1. look 1: every family's answer runs (the registry's, vae_compare/posteriors) at ANSWER_DIMS, seeds
+#     LOOK1_SEEDS, into ANSWER_DIR, each sweep followed by its runs' gaps on the first GAPS_IMAGES test images
+#     and the calibration of its seed-0 run (while the run's weights are on this machine); then the report of
+#     look 1 at alpha LOOK1_ALPHA into PUBLISH_DIR/look1.
+#  2. look 2: at each latent size where a comparison is still open (inconclusive) at look 1, every run again at
+#     seeds LOOK2_SEEDS; the report of all seeds at alpha LOOK2_ALPHA into PUBLISH_DIR/look2. The looks spend
+#     LOOK1_ALPHA + LOOK2_ALPHA = 0.05 in all (Bonferroni); a comparison decided at look 1 keeps that verdict.
+#  3. LATER_DIMS (latent_dim 2, whose smallest supported margin is reported, not decided) at LOOK1_SEEDS.
+# A look is reported once all its runs have finished (PUBLISH_DIR/look<n>.done); until then the finished runs
+# are reported, without verdicts that count, into PUBLISH_DIR/interim. scripts/looks.py then merges the looks
+# into PUBLISH_DIR/verdict.csv (each comparison's verdict from the look that decided it) and copies the latest
+# look's report beside it.
+#
+# Usage: scripts/answer.sh [extra overrides]
+#   environment: ANSWER_MINUTES (115), ANSWER_DIR (PUBLISH_DIR/runs), PUBLISH_DIR (outputs/answer), ANSWER_DIMS
+#                (8,32), LATER_DIMS (2), LOOK1_SEEDS (0,1,2,3), LOOK2_SEEDS (4,5,6,7), LOOK1_ALPHA (0.005),
+#                LOOK2_ALPHA (0.045), GAPS_IMAGES (500), GAPS_OPTIONS (more gaps.<key>=value words),
+#                CALIBRATE_OPTIONS, ANSWER_JOBS (2), PYTHON (default: the python beside $VAE_COMPARE)
+# The runs' result files (not their weights: .gitignore) are committed after each block, so a block on a fresh
+# machine skips every finished run; a run cut short there starts again.
 set -uo pipefail
 VAE_COMPARE=${VAE_COMPARE:-vae-compare}
 # the Python that runs vae-compare (the one beside it, in its environment), for the family registry
 PYTHON=${PYTHON:-$(dirname "$(command -v "$VAE_COMPARE")")/python}
 [ -x "$PYTHON" ] || PYTHON=python3
-case ${ANSWER_SCALE:-cpu} in
-    cpu)  PRESET=answer      SCALE_DIR=answer      SCALE_DIMS=2,8,32    SCALE_SEEDS=0,1,2     SCALE_GAPS=200 ;;
-    full) PRESET=answer_full SCALE_DIR=answer_full SCALE_DIMS=2,8,32,64 SCALE_SEEDS=0,1,2,3,4 SCALE_GAPS=1000 ;;
-    *) echo "error: ANSWER_SCALE must be cpu or full, not '$ANSWER_SCALE'" >&2; exit 2 ;;
-esac
-ANSWER_DIR=${ANSWER_DIR:-outputs/${SCALE_DIR}_runs}
-PUBLISH_DIR=${PUBLISH_DIR:-outputs/$SCALE_DIR}
-DIMS=${ANSWER_DIMS:-$SCALE_DIMS}
-GAPS_IMAGES=${GAPS_IMAGES:-$SCALE_GAPS}
-COMMON=("experiment=$PRESET" "seed=${ANSWER_SEEDS:-$SCALE_SEEDS}" hydra/launcher=joblib "hydra.launcher.n_jobs=${ANSWER_JOBS:-2}"
-        "hydra.sweep.dir=$ANSWER_DIR" "$@")
-
-# The runs, from the family registry (each family's answer_runs: its setting selected by the tuning grid on
-# validation data, quick preset, latent_dim 16, seed 0; the equal-budget diag and lowrank start at latent_dim 4),
-# one `train -m` call per line: `python -m vae_compare.posteriors answer "$DIMS"` prints them.
-SWEEPS=$("$PYTHON" -m vae_compare.posteriors answer "$DIMS") || exit 2
-mapfile -t SWEEPS <<< "$SWEEPS"
-
+HERE=$(cd "$(dirname "$0")" && pwd)
+MINUTES=${ANSWER_MINUTES:-115}
+[[ $MINUTES =~ ^[0-9]+$ ]] && (( MINUTES > 0 )) || { echo "error: ANSWER_MINUTES must be a whole number of minutes above 0, not '$MINUTES'" >&2; exit 2; }
+DEADLINE=$(( $(date +%s) + MINUTES * 60 ))
+PUBLISH_DIR=${PUBLISH_DIR:-outputs/answer}
+ANSWER_DIR=${ANSWER_DIR:-$PUBLISH_DIR/runs}
+DIMS=${ANSWER_DIMS:-8,32}
+LAUNCH=(train.threads=1 hydra/launcher=joblib "hydra.launcher.n_jobs=${ANSWER_JOBS:-2}")
+LOOK_SEEDS=("" "${LOOK1_SEEDS:-0,1,2,3}" "${LOOK1_SEEDS:-0,1,2,3},${LOOK2_SEEDS:-4,5,6,7}")
+LOOK_ALPHA=("" "${LOOK1_ALPHA:-0.005}" "${LOOK2_ALPHA:-0.045}")
+EXTRA=("$@")
 status=0
-for sweep in "${SWEEPS[@]}"; do
-    # shellcheck disable=SC2086  # the overrides are words
-    "$VAE_COMPARE" train -m $sweep "${COMMON[@]}" || status=1
-done
 
-# the gaps of every seed-0 run, on the same first GAPS_IMAGES test images
-for config in $(grep -l "^seed: 0$" "$ANSWER_DIR"/*/.hydra/config.yaml); do
-    folder=$(dirname "$(dirname "$config")")
+# One step of the queue, stopped at the block's deadline: timeout sends SIGTERM to the whole process group, on
+# which a training run writes its checkpoint (docs/interruptions.md). Once the time is spent the block ends (75).
+step() {
+    local left=$(( DEADLINE - $(date +%s) ))
+    (( left > 0 )) || finish 75
+    timeout -s TERM "$left" "$@"
+    local code=$?
+    (( code == 124 )) && finish 75
+    return $code
+}
+
+# Report each look whose runs have all finished, merge their verdicts, and end the block.
+publish_look() {
+    "$VAE_COMPARE" report "$ANSWER_DIR" --tuned --seeds "${LOOK_SEEDS[$1]}" --alpha "${LOOK_ALPHA[$1]}" \
+        --out "$PUBLISH_DIR/look$1" > "$PUBLISH_DIR/look$1.log" 2>&1
+}
+finish() {
+    if [ -f "$PUBLISH_DIR/look1.done" ]; then
+        for look in 1 2; do
+            [ -f "$PUBLISH_DIR/look$look.done" ] && { publish_look "$look" || status=1; }
+        done
+        "$PYTHON" "$HERE/looks.py" "$PUBLISH_DIR" > /dev/null || status=1
+    elif compgen -G "$ANSWER_DIR/*/summary.json" > /dev/null; then
+        "$VAE_COMPARE" report "$ANSWER_DIR" --tuned --out "$PUBLISH_DIR/interim" > "$PUBLISH_DIR/interim.log" 2>&1
+    fi
+    [ "$1" = 75 ] && echo "answer: this block's $MINUTES minutes are spent; run the same command again to continue"
+    exit "$1"
+}
+
+runs() {  # every answer run at latent sizes $1 and seeds $2, each sweep followed by its measurements
+    local sweeps
+    sweeps=$("$PYTHON" -m vae_compare.posteriors answer "$1") || exit 2
+    mapfile -t sweeps <<< "$sweeps"
+    for sweep in "${sweeps[@]}"; do
+        # shellcheck disable=SC2086  # the overrides are words
+        step "$VAE_COMPARE" train -m $sweep experiment=answer "seed=$2" "${LAUNCH[@]}" "hydra.sweep.dir=$ANSWER_DIR" \
+            "${EXTRA[@]}" || status=1
+        measure
+    done
+}
+measure() {  # the gaps of every finished run (measured ones are skipped), then calibrate the seed-0 runs
     # shellcheck disable=SC2086  # GAPS_OPTIONS: more gaps.<key>=value words
-    [ -f "$folder/summary.json" ] && { "$VAE_COMPARE" gaps "$folder" "gaps.images=$GAPS_IMAGES" ${GAPS_OPTIONS:-} || status=1; }
-done
-"$VAE_COMPARE" report "$ANSWER_DIR" --tuned --out "$PUBLISH_DIR" || status=1
-exit $status
+    step "$VAE_COMPARE" gaps "$ANSWER_DIR" "gaps.images=${GAPS_IMAGES:-500}" ${GAPS_OPTIONS:-} || status=1
+    for config in $(grep -l "^seed: 0$" "$ANSWER_DIR"/*/.hydra/config.yaml 2>/dev/null); do
+        folder=$(dirname "$(dirname "$config")")
+        # shellcheck disable=SC2086
+        [ -f "$folder/summary.json" ] && { step "$VAE_COMPARE" calibrate "$folder" ${CALIBRATE_OPTIONS:-} || status=1; }
+    done
+}
+
+mkdir -p "$PUBLISH_DIR"
+runs "$DIMS" "${LOOK_SEEDS[1]}"
+touch "$PUBLISH_DIR/look1.done"
+publish_look 1 || status=1
+# the latent sizes of ANSWER_DIMS where a comparison is still open
+open=$("$PYTHON" -c 'import csv, sys; print(",".join(sorted({r["latent_dim"] for r in csv.DictReader(open(sys.argv[1]))
+    if r["verdict"] == "inconclusive" and r["latent_dim"] in sys.argv[2].split(",")}, key=int)))' \
+    "$PUBLISH_DIR/look1/verdict.csv" "$DIMS")
+if [ -n "$open" ]; then
+    runs "$open" "${LOOK2_SEEDS:-4,5,6,7}"
+    touch "$PUBLISH_DIR/look2.done"
+fi
+[ -n "${LATER_DIMS-2}" ] && runs "${LATER_DIMS-2}" "${LOOK_SEEDS[1]}"
+finish "$status"

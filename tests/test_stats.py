@@ -378,3 +378,9 @@ def test_alpha_sets_the_level_of_a_looks_intervals_and_tost(sweep):
     assert "99.5% sim. CI" in text and "simultaneous 99.5% interval" in text and "t(1 − 0.005/2m)" in text
     with pytest.raises(UserError, match="--alpha"):
         build_report(root, out, console=Console(file=io.StringIO()), alpha=0.7)
+    # a look reads its own seeds only (report --seeds)
+    first = build_report(root, root / "report_look", console=Console(file=io.StringIO(), width=200), paired=True,
+                         seeds={0, 1})
+    assert group(first, 8, "diag")["n"] == 2 and group(first, 8, "cholesky")["gain"] == pytest.approx(1.5)
+    with pytest.raises(UserError, match="at seeds \\[9\\]"):
+        main([str(root), "--seeds", "9", "--out", str(root / "report_none")])

@@ -15,7 +15,7 @@ class CholeskyGaussian(DiagGaussian):
     head_formula_text = "d + d(d+1)/2"
     tuning_grid = grid(SCALE_TRANSFORMS, OFFDIAG_SCALES)
     answer_runs = (AnswerRun(("family.scale_transform=softplus", "family.scale_floor=1e-3",
-                              "family.offdiag_scale=0.001", "train.lr=3e-3")),)
+                              "family.offdiag_scale=0.001", "train.lr=1e-3")),)
 
     @staticmethod
     def offdiag_size(latent_dim, rank):

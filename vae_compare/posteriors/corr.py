@@ -23,7 +23,7 @@ class CorrGaussian(CholeskyGaussian):
     head_formula_text = "d(d+3)/2"
     tuning_grid = grid(SCALE_TRANSFORMS, OFFDIAG_SCALES)
     answer_runs = (AnswerRun(("family.scale_transform=exp", "family.scale_floor=0", "family.offdiag_scale=0.001",
-                              "train.lr=3e-3")),)
+                              "train.lr=1e-3")),)
 
     @staticmethod
     def head_formula(latent_dim, rank):

@@ -26,7 +26,7 @@ class LowRankGaussian(DiagGaussian):
     # outputs)
     answer_runs = (AnswerRun(("family.scale_transform=softplus", "family.scale_floor=1e-3",
                               "family.offdiag_init=random", "family.offdiag_init_std=0.1",
-                              "family.offdiag_scale=0.001", "train.lr=3e-3"), min_latent_dim=4),)
+                              "family.offdiag_scale=0.001", "train.lr=1e-3"), min_latent_dim=4),)
 
     @staticmethod
     def offdiag_size(latent_dim, rank):

@@ -32,8 +32,9 @@ PYTHON=${PYTHON:-$(dirname "$(command -v "$VAE_COMPARE")")/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 HERE=$(cd "$(dirname "$0")" && pwd)
 MINUTES=${ANSWER_MINUTES:-115}
-[[ $MINUTES =~ ^[0-9]+$ ]] && (( MINUTES > 0 )) || { echo "error: ANSWER_MINUTES must be a whole number of minutes above 0, not '$MINUTES'" >&2; exit 2; }
-DEADLINE=$(( $(date +%s) + MINUTES * 60 ))
+[[ $MINUTES =~ ^[0-9]*[.]?[0-9]+$ ]] && awk "BEGIN { exit !($MINUTES > 0) }" \
+    || { echo "error: ANSWER_MINUTES must be a number of minutes above 0, not '$MINUTES'" >&2; exit 2; }
+DEADLINE=$(( $(date +%s) + $(awk "BEGIN { printf \"%d\", $MINUTES * 60 }") ))
 PUBLISH_DIR=${PUBLISH_DIR:-outputs/answer}
 ANSWER_DIR=${ANSWER_DIR:-$PUBLISH_DIR/runs}
 DIMS=${ANSWER_DIMS:-8,32}
@@ -44,11 +45,12 @@ EXTRA=("$@")
 status=0
 
 # One step of the queue, stopped at the block's deadline: timeout sends SIGTERM to the whole process group, on
-# which a training run writes its checkpoint (docs/interruptions.md). Once the time is spent the block ends (75).
+# which a training run writes its checkpoint (docs/interruptions.md), and SIGKILL 2 minutes later to anything left (a
+# run killed in its final evaluation is re-evaluated on resume). Once the time is spent the block ends (75).
 step() {
     local left=$(( DEADLINE - $(date +%s) ))
     (( left > 0 )) || finish 75
-    timeout -s TERM "$left" "$@"
+    timeout -k 120 -s TERM "$left" "$@"
     local code=$?
     (( code == 124 )) && finish 75
     return $code

@@ -1,5 +1,6 @@
-"""scripts/answer.sh (`make answer`) end to end at a tiny scale: every family at its tuned setting, the
-equal-budget diag runs, the gaps of the seed-0 runs, the tuned report; rerun, it skips what is finished."""
+"""scripts/answer.sh (`make answer`) end to end at a tiny scale: every family at its answer setting, look 1, look 2
+where look 1 left a comparison open, the gaps of every run and the calibration of the seed-0 runs, the merged
+verdicts; rerun, it skips what is finished; a block whose minutes run out stops its runs with a checkpoint."""
 
 import csv
 import json
@@ -15,10 +16,9 @@ from vae_compare.posteriors import FAMILIES
 pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]
 
 # TINY without its latent_dim (the script sweeps latent_dim); the answer preset's k-curve needs fewer images
-OVERRIDES = [o for o in TINY if not o.startswith("latent_dim=")] + ["eval.k_curve_images=16", "train.epochs=1"]
-
-
-DIMS = (2, 4)
+OVERRIDES = [o for o in TINY if not o.startswith("latent_dim=")] + ["eval.k_curve_images=16", "train.epochs=1",
+                                                                    "eval.qstar_steps=20"]
+CALIBRATION = "calibration.images=4 calibration.check_images=2 calibration.quadrature_tolerance=1e-2"
 
 
 def setting(run, key):
@@ -35,13 +35,13 @@ def same(config_value, override):
         return str(config_value) == override
 
 
-def answer(tmp_path, scale=None):
-    env = {"VAE_COMPARE": str(CLI), "ANSWER_DIR": str(tmp_path / "runs"), "PUBLISH_DIR": str(tmp_path / "answer"),
-           "ANSWER_SEEDS": "0", "ANSWER_DIMS": ",".join(map(str, DIMS)), "GAPS_IMAGES": "8", "COLUMNS": "120",
+def answer(tmp_path, overrides=OVERRIDES, **env):
+    # look 1 at latent_dim 2 with one seed, which decides nothing (no residual degrees of freedom): look 2 (seed 1) runs
+    env = {"VAE_COMPARE": str(CLI), "PUBLISH_DIR": str(tmp_path / "answer"), "ANSWER_DIMS": "2", "LATER_DIMS": "",
+           "LOOK1_SEEDS": "0", "LOOK2_SEEDS": "1", "GAPS_IMAGES": "8", "COLUMNS": "120",
            # the continuation check (tests/test_gaps.py) would take most of this test's time
-           "GAPS_OPTIONS": "gaps.check_steps=0",
-           **({"ANSWER_SCALE": scale} if scale else {})}
-    return subprocess.run(["bash", str(REPO / "scripts" / "answer.sh"), *OVERRIDES], cwd=tmp_path, capture_output=True,
+           "GAPS_OPTIONS": "gaps.check_steps=0", "CALIBRATE_OPTIONS": CALIBRATION, **env}
+    return subprocess.run(["bash", str(REPO / "scripts" / "answer.sh"), *overrides], cwd=tmp_path, capture_output=True,
                           text=True, timeout=900, env={**os.environ, **env})
 
 
@@ -49,40 +49,46 @@ def mtimes(folder, name):
     return {p.parent.name: p.stat().st_mtime_ns for p in folder.glob(f"*/{name}")}
 
 
-def test_answer_runs_every_family_publishes_and_rerun_skips(tmp_path):
+def test_answer_runs_both_looks_measures_every_run_publishes_and_rerun_skips(tmp_path):
     result = answer(tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    runs, published = tmp_path / "runs", tmp_path / "answer"
+    published = tmp_path / "answer"
+    runs = published / "runs"
 
-    # every family's answer runs (the registry's), each at the latent sizes from its min_latent_dim: today diag,
-    # cholesky, corr, rank1sum, sqrt at d = 2 and 4; diag widened to cholesky's budget and lowrank (k=4) at d = 4 only
-    expected = {(name, str(d), setting(run, "model.match_params") or "")
-                for name, family in FAMILIES.items() for run in family.answer_runs
-                for d in DIMS if d >= run.min_latent_dim}
-    rows = list(csv.DictReader((published / "summary.csv").open()))
-    cells = {(row["family.name"], row["latent_dim"], row["model.match_params"]) for row in rows}
-    assert len(rows) == len(cells) == len(expected) == 12 and cells == expected, sorted(cells)
-    # each family at its tuned setting, not the default (read from the configs: long folder names are shortened)
+    # every family's answer runs at latent_dim 2 (the registry's: diag, cholesky, corr, rank1sum, sqrt; the
+    # widened diag and lowrank start at 4), seed 0 at look 1 and seed 1 at look 2
     configs = {p.parent.parent.name: OmegaConf.load(p) for p in runs.glob("*/.hydra/config.yaml")}
+    expected = {name for name, family in FAMILIES.items() for run in family.answer_runs if run.min_latent_dim <= 2}
+    assert {(cfg.family.name, cfg.seed) for cfg in configs.values()} == {(n, s) for n in expected for s in (0, 1)}
+    assert len(configs) == 10
+    # each family at its answer setting (read from the configs: long folder names are shortened), every one
+    # starting at the budget's rate
     for name, cfg in configs.items():
-        arms = [run for run in FAMILIES[cfg.family.name].answer_runs
-                if str(cfg.model.match_params or "") == (setting(run, "model.match_params") or "")]
-        assert len(arms) == 1, name
-        for override in arms[0].overrides:
+        (arm,) = [run for run in FAMILIES[cfg.family.name].answer_runs if run.min_latent_dim <= 2]
+        for override in arm.overrides:
             key, value = override.split("=", 1)
             assert same(OmegaConf.select(cfg, key), value), (name, override, OmegaConf.select(cfg, key))
-    # the published answer's families and rates, pinned (a family joins the answer with its own answer_runs)
-    assert {(cfg.family.name, cfg.train.lr) for cfg in configs.values()} == {
-        ("diag", 3e-3), ("cholesky", 3e-3), ("corr", 3e-3), ("lowrank", 3e-3), ("rank1sum", 1e-3), ("sqrt", 1e-3)}
+        assert cfg.train.lr == 1e-3 and cfg.train.lr_schedule == "plateau" and cfg.train.lr_min == 1e-5
 
-    # the gaps of every seed-0 run, on the same 8 test images
+    # the gaps of every run on the same 8 test images, the calibration of the seed-0 runs
     gaps = mtimes(runs, "gaps.json")
-    assert set(gaps) == {name for name, cfg in configs.items() if cfg.seed == 0} == set(configs)
+    assert set(gaps) == set(configs)
     assert all(json.loads((runs / name / "gaps.json").read_text())["settings"]["images"] == 8 for name in gaps)
-    for name in ("report.md", "gaps.csv", "log_px_gain_vs_latent_dim.png", "gaps_approximation_vs_amortization.png",
-                 "posterior_ellipses_d2.png", "seconds_per_epoch_vs_latent_dim.png"):
+    assert set(mtimes(runs, "calibration.json")) == {name for name, cfg in configs.items() if cfg.seed == 0}
+
+    # the looks: each its own seeds and alpha; the merged verdicts name the look that gave them
+    look1 = list(csv.DictReader((published / "look1" / "verdict.csv").open()))
+    look2 = list(csv.DictReader((published / "look2" / "verdict.csv").open()))
+    assert {(row["alpha"], row["n"]) for row in look1} == {("0.005", "1")}
+    assert {(row["alpha"], row["n"]) for row in look2} == {("0.045", "2")}
+    assert all(row["verdict"] == "inconclusive" for row in look1)
+    merged = list(csv.DictReader((published / "verdict.csv").open()))
+    assert len(merged) == len(expected) - 1 and {row["look"] for row in merged} == {"2"}
+    assert [row["verdict"] for row in merged] == [row["verdict"] for row in look2]
+    assert (published / "look1.done").exists() and (published / "look2.done").exists()
+    for name in ("report.md", "summary.csv", "gaps.csv", "calibration.csv", "looks.md", "log_px_gain_vs_latent_dim.png"):
         assert (published / name).is_file(), name
-    assert "gain" in (published / "report.md").read_text()
+    assert "look 2" in (published / "looks.md").read_text()
 
     # rerun: nothing is trained or measured again
     trained = mtimes(runs, "summary.json")
@@ -92,7 +98,19 @@ def test_answer_runs_every_family_publishes_and_rerun_skips(tmp_path):
     assert "measured already" in again.stdout
 
 
-def test_unknown_scale_is_one_line_and_exit_2(tmp_path):
-    result = answer(tmp_path, scale="huge")
-    assert result.returncode == 2 and result.stderr.strip() == "error: ANSWER_SCALE must be cpu or full, not 'huge'"
-    assert not (tmp_path / "runs").exists()
+def test_a_block_whose_minutes_are_spent_checkpoints_its_runs_and_exits_75(tmp_path):
+    long = [o for o in OVERRIDES if not o.startswith("train.epochs=")] + ["train.epochs=100000"]
+    result = answer(tmp_path, long, ANSWER_MINUTES="0.3")
+    assert result.returncode == 75, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "this block's 0.3 minutes are spent; run the same command again to continue" in result.stdout
+    runs = tmp_path / "answer" / "runs"
+    assert list(runs.glob("*/checkpoint.pt")) and not list(runs.glob("*/summary.json"))
+    assert not (tmp_path / "answer" / "look1.done").exists()
+
+
+@pytest.mark.parametrize("minutes", ["0", "soon", "-5"])
+def test_bad_minutes_are_one_line_and_exit_2(tmp_path, minutes):
+    result = answer(tmp_path, ANSWER_MINUTES=minutes)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: ANSWER_MINUTES must be a number of minutes above 0, not '{minutes}'"
+    assert not (tmp_path / "answer").exists()

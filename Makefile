@@ -35,8 +35,8 @@ bench: install
 tune: install
 	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/tune.sh $(ARGS)
 
-# The first answer (scripts/answer.sh; docs/answer.md): 76 minutes on a 2-core CPU (measured);
-# ANSWER_SCALE=full make answer is the GPU scale (untested).
+# The decisive answer (scripts/answer.sh; docs/answer.md), one block of at most ANSWER_MINUTES (115) per call:
+# rerun it until it exits 0; each block skips what is done (exit 75: the block's time ran out).
 answer: install
 	VAE_COMPARE=$(VENV)/bin/vae-compare scripts/answer.sh $(ARGS)
 

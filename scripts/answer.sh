@@ -74,15 +74,17 @@ finish() {
     exit "$1"
 }
 
-runs() {  # every answer run at latent sizes $1 and seeds $2, each sweep followed by its measurements
+runs() {  # every answer run at latent sizes $1 (one size after the other) and seeds $2, each sweep then measured
     local sweeps
-    sweeps=$("$PYTHON" -m vae_compare.posteriors answer "$1") || exit 2
-    mapfile -t sweeps <<< "$sweeps"
-    for sweep in "${sweeps[@]}"; do
-        # shellcheck disable=SC2086  # the overrides are words
-        step "$VAE_COMPARE" train -m $sweep experiment=answer "seed=$2" "${LAUNCH[@]}" "hydra.sweep.dir=$ANSWER_DIR" \
-            "${EXTRA[@]}" || status=1
-        measure
+    for dim in ${1//,/ }; do
+        sweeps=$("$PYTHON" -m vae_compare.posteriors answer "$dim") || exit 2
+        mapfile -t sweeps <<< "$sweeps"
+        for sweep in "${sweeps[@]}"; do
+            # shellcheck disable=SC2086  # the overrides are words
+            step "$VAE_COMPARE" train -m $sweep experiment=answer "seed=$2" "${LAUNCH[@]}" "hydra.sweep.dir=$ANSWER_DIR" \
+                "${EXTRA[@]}" || status=1
+            measure
+        done
     done
 }
 measure() {  # the gaps of every finished run (measured ones are skipped), then calibrate the seed-0 runs

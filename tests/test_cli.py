@@ -53,7 +53,7 @@ def test_help_lists_commands_and_options(tmp_path):
     assert top.returncode == 0 and all(command in top.stdout for command in ("train", "evaluate", "gaps", "report"))
     train = run_cli(["train", "--help"], cwd=tmp_path)
     assert train.returncode == 0
-    assert "family: cholesky, corr, diag, lowrank, rank1sum" in train.stdout and "experiment: answer, answer_full, burda2016, quick" in train.stdout
+    assert "family: cholesky, corr, diag, lowrank, rank1sum" in train.stdout and "experiment: answer, burda2016, quick" in train.stdout
 
 
 def test_hydra_flags_go_to_hydra_as_given(tmp_path):

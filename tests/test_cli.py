@@ -206,10 +206,12 @@ def test_full_output_folder(tmp_path, tiny_disk):
 def test_evaluate_reruns_the_final_evaluation(tmp_path):
     run_dir = tmp_path / "run"
     assert run_cli(["train", *TINY, "train.epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path).returncode == 0
-    result = run_cli(["evaluate", str(run_dir), "eval.iwae_samples=64"], cwd=tmp_path)
+    # train.threads: the re-evaluation's torch threads (default: the run's own), a runtime key
+    result = run_cli(["evaluate", str(run_dir), "eval.iwae_samples=64", "train.threads=2"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test"]["iwae_samples"] == 64 and summary["config"]["eval"]["iwae_samples"] == 64
+    assert summary["config"]["train"]["threads"] == 2
     with open(run_dir / "final.csv") as f:
         assert next(csv.DictReader(f))["test_iwae_samples"] == "64"
     wrong = run_cli(["evaluate", str(run_dir), "family.name=cholesky"], cwd=tmp_path)

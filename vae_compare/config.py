@@ -213,7 +213,7 @@ RESUMABLE_KEYS = set(keys_with_role(EVAL, RUNTIME))
 # Keys that never change results; Hydra's override_dirname leaves them out of sweep-folder names.
 RUNTIME_KEYS = set(keys_with_role(RUNTIME))
 # Keys `vae-compare evaluate` accepts.
-EVALUATE_KEYS = set(keys_with_role(EVAL)) | {"device", "data.root", "eval.chunk_size"}
+EVALUATE_KEYS = set(keys_with_role(EVAL)) | {"device", "data.root", "eval.chunk_size", "train.threads"}
 # The keys of a run's own config that `vae-compare gaps` may change: where the data is, where to compute.
 GAPS_RUN_KEYS = ("device", "data.root")
 

@@ -165,7 +165,10 @@ def reevaluation(folder: Path, overrides):
 
 
 def reevaluate(folder: Path, summary, cfg):
-    """The new summary of a finished run, its best weights evaluated with cfg (from reevaluation)."""
+    """The new summary of a finished run, its best weights evaluated with cfg (from reevaluation), on the run's own
+    train.threads (or the override's): re-evaluations run side by side do not oversubscribe the cores."""
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     model = build_model(cfg).to(device)

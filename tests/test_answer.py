@@ -99,7 +99,9 @@ def test_answer_runs_both_looks_measures_every_run_publishes_and_rerun_skips(tmp
 
 
 def test_a_block_whose_minutes_are_spent_checkpoints_its_runs_and_exits_75(tmp_path):
-    long = [o for o in OVERRIDES if not o.startswith("train.epochs=")] + ["train.epochs=100000"]
+    # a run that never stops by itself: no rate decay, no patience
+    long = [o for o in OVERRIDES if not o.startswith("train.epochs=")] + [
+        "train.epochs=100000", "train.lr_schedule=constant", "train.patience=null"]
     result = answer(tmp_path, long, ANSWER_MINUTES="0.3")
     assert result.returncode == 75, result.stdout[-2000:] + result.stderr[-2000:]
     assert "this block's 0.3 minutes are spent; run the same command again to continue" in result.stdout

@@ -47,14 +47,28 @@ status=0
 # One step of the queue, stopped at the block's deadline: timeout sends SIGTERM to the whole process group, on
 # which a training run writes its checkpoint (docs/interruptions.md), and SIGKILL 2 minutes later to anything left (a
 # run killed in its final evaluation is re-evaluated on resume). Once the time is spent the block ends (75).
+# timeout runs its command in a process group of its own, which a Ctrl-C at the terminal does not reach: the
+# trap hands INT and TERM on to it, waits for the runs' checkpoints, and ends the block.
 step() {
     local left=$(( DEADLINE - $(date +%s) ))
     (( left > 0 )) || finish 75
-    timeout -k 120 -s TERM "$left" "$@"
+    timeout -k 120 -s TERM "$left" "$@" &
+    running=$!
+    wait "$running"
     local code=$?
+    running=
     (( code == 124 )) && finish 75
     return $code
 }
+running=
+stop() {
+    trap - INT TERM
+    [ -n "$running" ] && { kill -TERM "$running" 2>/dev/null; wait "$running"; }
+    echo "answer: stopped; run the same command again to continue" >&2
+    exit "$1"
+}
+trap 'stop 130' INT
+trap 'stop 143' TERM
 
 # Report each look whose runs have all finished, merge their verdicts, and end the block.
 publish_look() {

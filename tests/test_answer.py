@@ -5,7 +5,9 @@ verdicts; rerun, it skips what is finished; a block whose minutes run out stops 
 import csv
 import json
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 from omegaconf import OmegaConf
@@ -108,6 +110,28 @@ def test_a_block_whose_minutes_are_spent_checkpoints_its_runs_and_exits_75(tmp_p
     runs = tmp_path / "answer" / "runs"
     assert list(runs.glob("*/checkpoint.pt")) and not list(runs.glob("*/summary.json"))
     assert not (tmp_path / "answer" / "look1.done").exists()
+
+
+def test_ctrl_c_reaches_the_runs_which_checkpoint_and_nothing_is_left_running(tmp_path):
+    """timeout runs each step in a process group of its own, which a terminal's Ctrl-C (SIGINT to the script's
+    group) does not reach; the script hands the signal on and waits for the checkpoints."""
+    long = [o for o in OVERRIDES if not o.startswith("train.epochs=")] + [
+        "train.epochs=100000", "train.lr_schedule=constant", "train.patience=null"]
+    env = {**os.environ, "VAE_COMPARE": str(CLI), "PUBLISH_DIR": str(tmp_path / "answer"), "ANSWER_DIMS": "2",
+           "LATER_DIMS": "", "LOOK1_SEEDS": "0"}
+    script = subprocess.Popen(["bash", str(REPO / "scripts" / "answer.sh"), *long], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    runs = tmp_path / "answer" / "runs"
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/checkpoint.pt")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    os.killpg(script.pid, signal.SIGINT)  # the terminal's Ctrl-C: the script's process group only
+    _, stderr = script.communicate(timeout=300)
+    assert script.returncode == 130, stderr[-2000:]
+    assert "answer: stopped; run the same command again to continue" in stderr
+    assert "interrupted; checkpoint saved" in stderr and not list(runs.glob("*/summary.json"))
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert left.stdout == "", left.stdout
 
 
 @pytest.mark.parametrize("minutes", ["0", "soon", "-5"])

@@ -20,6 +20,9 @@ pytestmark = [pytest.mark.usefixtures("real_data"), pytest.mark.slow]
 # TINY without its latent_dim (the script sweeps latent_dim); the answer preset's k-curve needs fewer images
 OVERRIDES = [o for o in TINY if not o.startswith("latent_dim=")] + ["eval.k_curve_images=16", "train.epochs=1",
                                                                     "eval.qstar_steps=20"]
+# runs that never stop by themselves (no rate decay, no patience), for the tests that stop a block
+NEVER_STOPS = [o for o in OVERRIDES if not o.startswith("train.epochs=")] + [
+    "train.epochs=100000", "train.lr_schedule=constant", "train.patience=null"]
 CALIBRATION = "calibration.images=4 calibration.check_images=2 calibration.quadrature_tolerance=1e-2"
 
 
@@ -101,10 +104,7 @@ def test_answer_runs_both_looks_measures_every_run_publishes_and_rerun_skips(tmp
 
 
 def test_a_block_whose_minutes_are_spent_checkpoints_its_runs_and_exits_75(tmp_path):
-    # a run that never stops by itself: no rate decay, no patience
-    long = [o for o in OVERRIDES if not o.startswith("train.epochs=")] + [
-        "train.epochs=100000", "train.lr_schedule=constant", "train.patience=null"]
-    result = answer(tmp_path, long, ANSWER_MINUTES="0.3")
+    result = answer(tmp_path, NEVER_STOPS, ANSWER_MINUTES="0.3")
     assert result.returncode == 75, result.stdout[-2000:] + result.stderr[-2000:]
     assert "this block's 0.3 minutes are spent; run the same command again to continue" in result.stdout
     runs = tmp_path / "answer" / "runs"
@@ -115,11 +115,9 @@ def test_a_block_whose_minutes_are_spent_checkpoints_its_runs_and_exits_75(tmp_p
 def test_ctrl_c_reaches_the_runs_which_checkpoint_and_nothing_is_left_running(tmp_path):
     """timeout runs each step in a process group of its own, which a terminal's Ctrl-C (SIGINT to the script's
     group) does not reach; the script hands the signal on and waits for the checkpoints."""
-    long = [o for o in OVERRIDES if not o.startswith("train.epochs=")] + [
-        "train.epochs=100000", "train.lr_schedule=constant", "train.patience=null"]
     env = {**os.environ, "VAE_COMPARE": str(CLI), "PUBLISH_DIR": str(tmp_path / "answer"), "ANSWER_DIMS": "2",
            "LATER_DIMS": "", "LOOK1_SEEDS": "0"}
-    script = subprocess.Popen(["bash", str(REPO / "scripts" / "answer.sh"), *long], cwd=tmp_path, env=env,
+    script = subprocess.Popen(["bash", str(REPO / "scripts" / "answer.sh"), *NEVER_STOPS], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     runs = tmp_path / "answer" / "runs"
     deadline = time.monotonic() + 300

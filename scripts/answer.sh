@@ -22,7 +22,8 @@
 #   environment: ANSWER_MINUTES (115), ANSWER_DIR (PUBLISH_DIR/runs), PUBLISH_DIR (outputs/answer), ANSWER_DIMS
 #                (8,32), LATER_DIMS (2), LOOK1_SEEDS (0,1,2,3), LOOK2_SEEDS (4,5,6,7), LOOK1_ALPHA (0.005),
 #                LOOK2_ALPHA (0.045), GAPS_IMAGES (500), GAPS_OPTIONS (gaps.<key>=value words; gaps.check_steps=0),
-#                CALIBRATE_OPTIONS, ANSWER_JOBS (2), PYTHON (default: the python beside $VAE_COMPARE)
+#                CALIBRATE_OPTIONS, ANSWER_JOBS (2), END_GRACE (60: seconds between a block's SIGTERM to what is
+#                left of a step and SIGKILL), PYTHON (default: the python beside $VAE_COMPARE)
 # The runs' result files (not their weights: .gitignore) are committed after each block, so a block on a fresh
 # machine skips every finished run; a run cut short there starts again.
 set -uo pipefail
@@ -56,14 +57,26 @@ step() {
     running=$!
     wait "$running"
     local code=$?
+    (( code == 124 )) && { end_step; finish 75; }
     running=
-    (( code == 124 )) && finish 75
     return $code
+}
+# A sweep's joblib workers outlive its launcher, and the launcher hands a worker that a signal freed the next job:
+# what is left of the step's process group (its id is timeout's pid) gets SIGTERM, which checkpoints a run, and
+# SIGKILL after END_GRACE seconds.
+end_step() {
+    kill -TERM -- "-$running" 2>/dev/null || return 0
+    for _ in $(seq "${END_GRACE:-60}"); do
+        kill -0 -- "-$running" 2>/dev/null || return 0
+        sleep 1
+    done
+    kill -KILL -- "-$running" 2>/dev/null
+    return 0
 }
 running=
 stop() {
     trap - INT TERM
-    [ -n "$running" ] && { kill -TERM "$running" 2>/dev/null; wait "$running"; }
+    [ -n "$running" ] && { kill -TERM "$running" 2>/dev/null; wait "$running"; end_step; }
     echo "answer: stopped; run the same command again to continue" >&2
     exit "$1"
 }

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -48,6 +49,20 @@ def answer(tmp_path, overrides=OVERRIDES, **env):
            "GAPS_OPTIONS": "gaps.check_steps=0", "CALIBRATE_OPTIONS": CALIBRATION, **env}
     return subprocess.run(["bash", str(REPO / "scripts" / "answer.sh"), *overrides], cwd=tmp_path, capture_output=True,
                           text=True, timeout=900, env={**os.environ, **env})
+
+
+def processes_in(folder):
+    """The processes still working in folder (their working directory; a joblib worker's command line does not
+    name it), after a moment for the last ones to exit."""
+    time.sleep(2)
+    left = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc / "cwd")).is_relative_to(folder):
+                left.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120])
+        except OSError:  # gone, or not ours to read
+            pass
+    return left
 
 
 def mtimes(folder, name):
@@ -110,6 +125,8 @@ def test_a_block_whose_minutes_are_spent_checkpoints_its_runs_and_exits_75(tmp_p
     runs = tmp_path / "answer" / "runs"
     assert list(runs.glob("*/checkpoint.pt")) and not list(runs.glob("*/summary.json"))
     assert not (tmp_path / "answer" / "look1.done").exists()
+    # the sweep's joblib workers outlive its launcher: none is left working on (or starting) another run
+    assert processes_in(tmp_path) == []
 
 
 def test_ctrl_c_reaches_the_runs_which_checkpoint_and_nothing_is_left_running(tmp_path):
@@ -128,8 +145,7 @@ def test_ctrl_c_reaches_the_runs_which_checkpoint_and_nothing_is_left_running(tm
     assert script.returncode == 130, stderr[-2000:]
     assert "answer: stopped; run the same command again to continue" in stderr
     assert "interrupted; checkpoint saved" in stderr and not list(runs.glob("*/summary.json"))
-    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
-    assert left.stdout == "", left.stdout
+    assert processes_in(tmp_path) == []
 
 
 @pytest.mark.parametrize("minutes", ["0", "soon", "-5"])

@@ -114,14 +114,16 @@ runs() {  # every answer run at latent sizes $1 (one size after the other) and s
         done
     done
 }
-measure() {  # the gaps of every finished run (measured ones are skipped), then calibrate the seed-0 runs
+measure() {  # the gaps of every finished run (measured ones are skipped), then calibrate the seed-0 runs not yet
+    # calibrated (without starting the command for each one that is)
     # shellcheck disable=SC2086  # GAPS_OPTIONS: more gaps.<key>=value words; by default no continuation check
     # (docs/answer.md: it cost over 15 minutes per run here, and q* then stops 0.02-0.07 nat short)
     step "$VAE_COMPARE" gaps "$ANSWER_DIR" "gaps.images=${GAPS_IMAGES:-500}" ${GAPS_OPTIONS-gaps.check_steps=0} || status=1
     for config in $(grep -l "^seed: 0$" "$ANSWER_DIR"/*/.hydra/config.yaml 2>/dev/null); do
         folder=$(dirname "$(dirname "$config")")
+        [ -f "$folder/summary.json" ] && [ ! -f "$folder/calibration.json" ] || continue
         # shellcheck disable=SC2086
-        [ -f "$folder/summary.json" ] && { step "$VAE_COMPARE" calibrate "$folder" ${CALIBRATE_OPTIONS:-} || status=1; }
+        step "$VAE_COMPARE" calibrate "$folder" ${CALIBRATE_OPTIONS:-} || status=1
     done
 }
 

@@ -361,6 +361,6 @@ def test_console_table_fits_100_columns_and_report_md_keeps_every_column(sweep, 
     assert_console_rows_are_one_line(console, result["groups"])
     text = console.export_text()
     # abbreviations explained under the tables
-    assert "s/ep: seconds per epoch" in text and "[simultaneous 95% interval]" in text and "δmin: smallest" in text
+    assert "s/ep: seconds per epoch" in text and "[simultaneous interval]" in text and "δmin: smallest" in text
     header = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| dataset"))
     assert all(f" {name} |" in header for name in ("head", "params", "active", "logdet gap", "s/epoch"))

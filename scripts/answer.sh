@@ -101,18 +101,22 @@ finish() {
     exit "$1"
 }
 
-runs() {  # every answer run at latent sizes $1 (one size after the other) and seeds $2, each sweep then measured
-    local sweeps
+# Every answer run at latent sizes $1 (one size after the other) and seeds $2, each sweep then measured. Fails when a
+# run failed (its failed.txt stays until a later call runs it again), so that a look is only done once all its
+# runs have finished.
+runs() {
+    local sweeps failed=0
     for dim in ${1//,/ }; do
         sweeps=$("$PYTHON" -m vae_compare.posteriors answer "$dim") || exit 2
         mapfile -t sweeps <<< "$sweeps"
         for sweep in "${sweeps[@]}"; do
             # shellcheck disable=SC2086  # the overrides are words
             step "$VAE_COMPARE" train -m $sweep experiment=answer "seed=$2" "${LAUNCH[@]}" "hydra.sweep.dir=$ANSWER_DIR" \
-                "${EXTRA[@]}" || status=1
+                "${EXTRA[@]}" || { status=1; failed=1; }
             measure
         done
     done
+    return $failed
 }
 measure() {  # the gaps of every finished run (measured ones are skipped), then calibrate the seed-0 runs not yet
     # calibrated (without starting the command for each one that is)
@@ -128,7 +132,7 @@ measure() {  # the gaps of every finished run (measured ones are skipped), then 
 }
 
 mkdir -p "$PUBLISH_DIR"
-runs "$DIMS" "${LOOK_SEEDS[1]}"
+runs "$DIMS" "${LOOK_SEEDS[1]}" || { echo "answer: look 1 has a failed run (failed.txt in $ANSWER_DIR)" >&2; finish 1; }
 touch "$PUBLISH_DIR/look1.done"
 publish_look 1 || status=1
 # the latent sizes of ANSWER_DIMS where a comparison is still open
@@ -136,7 +140,7 @@ open=$("$PYTHON" -c 'import csv, sys; print(",".join(sorted({r["latent_dim"] for
     if r["verdict"] == "inconclusive" and r["latent_dim"] in sys.argv[2].split(",")}, key=int)))' \
     "$PUBLISH_DIR/look1/verdict.csv" "$DIMS")
 if [ -n "$open" ]; then
-    runs "$open" "${LOOK2_SEEDS:-4,5,6,7}"
+    runs "$open" "${LOOK2_SEEDS:-4,5,6,7}" || { echo "answer: look 2 has a failed run (failed.txt in $ANSWER_DIR)" >&2; finish 1; }
     touch "$PUBLISH_DIR/look2.done"
 fi
 [ -n "${LATER_DIMS-2}" ] && runs "${LATER_DIMS-2}" "${LOOK_SEEDS[1]}"

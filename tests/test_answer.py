@@ -156,3 +156,14 @@ def test_bad_minutes_are_one_line_and_exit_2(tmp_path, minutes):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: ANSWER_MINUTES must be a number of minutes above 0, not '{minutes}'"
     assert not (tmp_path / "answer").exists()
+
+
+def test_a_look_whose_runs_failed_is_not_done_and_the_block_exits_1(tmp_path):
+    """A look is reported (look1.done) only once all its runs have finished: here every sweep is refused."""
+    result = answer(tmp_path, [*OVERRIDES, "train.lr=-1"])
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "answer: look 1 has a failed run" in result.stderr
+    assert "train.lr must be a number > 0" in result.stderr
+    published = tmp_path / "answer"
+    assert not (published / "look1.done").exists() and not (published / "look1").exists()
+    assert not list((published / "runs").glob("*/summary.json"))

@@ -7,16 +7,18 @@
 # The queue (experiment=answer: every run trained to convergence by the rule docs/convergence.md measured):
 #  1. look 1: every family's answer runs (the registry's, vae_compare/posteriors) at ANSWER_DIMS, seeds
 #     LOOK1_SEEDS, into ANSWER_DIR, each sweep followed by its runs' gaps on the first GAPS_IMAGES test images
-#     and the calibration of its seed-0 run (while the run's weights are on this machine); then the report of
-#     look 1 at alpha LOOK1_ALPHA into PUBLISH_DIR/look1.
+#     and the calibration of its seed-0 run (while the run's weights are on this machine). Once every run at a
+#     latent size has finished, look 1 has reached it: the report of look 1 at alpha LOOK1_ALPHA, at the sizes
+#     it has reached, goes into PUBLISH_DIR/look1.
 #  2. look 2: at each latent size where a comparison is still open (inconclusive) at look 1, every run again at
 #     seeds LOOK2_SEEDS; the report of all seeds at alpha LOOK2_ALPHA into PUBLISH_DIR/look2. The looks spend
 #     LOOK1_ALPHA + LOOK2_ALPHA = 0.05 in all (Bonferroni); a comparison decided at look 1 keeps that verdict.
-#  3. LATER_DIMS (latent_dim 2, whose smallest supported margin is reported, not decided) at LOOK1_SEEDS.
-# A look is reported once all its runs have finished (PUBLISH_DIR/look<n>.done); until then the finished runs
-# are reported, without verdicts that count, into PUBLISH_DIR/interim. scripts/looks.py then merges the looks
-# into PUBLISH_DIR/verdict.csv (each comparison's verdict from the look that decided it) and copies the latest
-# look's report beside it.
+#  3. LATER_DIMS (latent_dim 2, whose smallest supported margin is reported, not decided) at LOOK1_SEEDS, in look 1.
+# Each latent size has its own family-wise alpha, so a look's verdicts at one size stand whatever the runs at the
+# others. A look is reported at a latent size once all its runs there have finished (PUBLISH_DIR/look<n>-d<size>.done);
+# until look 1 has reached a size, the finished runs are reported, without verdicts that count, into
+# PUBLISH_DIR/interim. scripts/looks.py merges the looks into PUBLISH_DIR/verdict.csv (each comparison's verdict
+# from the look that decided it) and copies the latest look's report beside it.
 #
 # Usage: scripts/answer.sh [extra overrides]
 #   environment: ANSWER_MINUTES (115), ANSWER_DIR (PUBLISH_DIR/runs), PUBLISH_DIR (outputs/answer), ANSWER_DIMS
@@ -83,15 +85,23 @@ stop() {
 trap 'stop 130' INT
 trap 'stop 143' TERM
 
-# Report each look whose runs have all finished, merge their verdicts, and end the block.
-publish_look() {
-    "$VAE_COMPARE" report "$ANSWER_DIR" --tuned --seeds "${LOOK_SEEDS[$1]}" --alpha "${LOOK_ALPHA[$1]}" \
-        --out "$PUBLISH_DIR/look$1" > "$PUBLISH_DIR/look$1.log" 2>&1
+reached() {  # the latent sizes look $1 has reached, comma-separated (empty: none)
+    local sizes=() marker
+    for marker in "$PUBLISH_DIR/look$1"-d*.done; do
+        [ -f "$marker" ] && { marker=${marker##*-d}; sizes+=("${marker%.done}"); }
+    done
+    (IFS=,; echo "${sizes[*]}")
 }
+# The report of look $1 at the latent sizes it has reached.
+publish_look() {
+    "$VAE_COMPARE" report "$ANSWER_DIR" --tuned --seeds "${LOOK_SEEDS[$1]}" --latent-dims "$(reached "$1")" \
+        --alpha "${LOOK_ALPHA[$1]}" --out "$PUBLISH_DIR/look$1" > "$PUBLISH_DIR/look$1.log" 2>&1
+}
+# Report each look at the sizes it has reached, merge their verdicts, and end the block.
 finish() {
-    if [ -f "$PUBLISH_DIR/look1.done" ]; then
+    if [ -n "$(reached 1)" ]; then
         for look in 1 2; do
-            [ -f "$PUBLISH_DIR/look$look.done" ] && { publish_look "$look" || status=1; }
+            [ -n "$(reached "$look")" ] && { publish_look "$look" || status=1; }
         done
         "$PYTHON" "$HERE/looks.py" "$PUBLISH_DIR" > /dev/null || status=1
     elif compgen -G "$ANSWER_DIR/*/summary.json" > /dev/null; then
@@ -131,17 +141,26 @@ measure() {  # the gaps of every finished run (measured ones are skipped), then 
     done
 }
 
+# Look $1 (its runs at seeds $3) at latent sizes $2, one size after the other: each size it reaches is reported.
+look() {
+    for dim in ${2//,/ }; do
+        if [ -f "$PUBLISH_DIR/look$1-d$dim.done" ]; then
+            echo "answer: look $1 at latent_dim $dim is done"
+            continue
+        fi
+        runs "$dim" "$3" || { echo "answer: look $1 at latent_dim $dim has a failed run (failed.txt in $ANSWER_DIR)" >&2
+                              finish 1; }
+        touch "$PUBLISH_DIR/look$1-d$dim.done"
+        publish_look "$1" || status=1
+    done
+}
+
 mkdir -p "$PUBLISH_DIR"
-runs "$DIMS" "${LOOK_SEEDS[1]}" || { echo "answer: look 1 has a failed run (failed.txt in $ANSWER_DIR)" >&2; finish 1; }
-touch "$PUBLISH_DIR/look1.done"
-publish_look 1 || status=1
+look 1 "$DIMS" "${LOOK_SEEDS[1]}"
 # the latent sizes of ANSWER_DIMS where a comparison is still open
 open=$("$PYTHON" -c 'import csv, sys; print(",".join(sorted({r["latent_dim"] for r in csv.DictReader(open(sys.argv[1]))
     if r["verdict"] == "inconclusive" and r["latent_dim"] in sys.argv[2].split(",")}, key=int)))' \
     "$PUBLISH_DIR/look1/verdict.csv" "$DIMS")
-if [ -n "$open" ]; then
-    runs "$open" "${LOOK2_SEEDS:-4,5,6,7}" || { echo "answer: look 2 has a failed run (failed.txt in $ANSWER_DIR)" >&2; finish 1; }
-    touch "$PUBLISH_DIR/look2.done"
-fi
-[ -n "${LATER_DIMS-2}" ] && runs "${LATER_DIMS-2}" "${LOOK_SEEDS[1]}"
+[ -n "$open" ] && look 2 "$open" "${LOOK2_SEEDS:-4,5,6,7}"
+[ -n "${LATER_DIMS-2}" ] && look 1 "${LATER_DIMS-2}" "${LOOK_SEEDS[1]}"
 finish "$status"

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def answer(tmp_path, overrides=OVERRIDES, **env):
            # the continuation check (tests/test_gaps.py) would take most of this test's time
            "GAPS_OPTIONS": "gaps.check_steps=0", "CALIBRATE_OPTIONS": CALIBRATION, **env}
     return subprocess.run(["bash", str(REPO / "scripts" / "answer.sh"), *overrides], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=900, env={**os.environ, **env})
+                          text=True, timeout=1800, env={**os.environ, **env})
 
 
 def processes_in(folder):
@@ -105,7 +106,7 @@ def test_answer_runs_both_looks_measures_every_run_publishes_and_rerun_skips(tmp
     merged = list(csv.DictReader((published / "verdict.csv").open()))
     assert len(merged) == len(expected) - 1 and {row["look"] for row in merged} == {"2"}
     assert [row["verdict"] for row in merged] == [row["verdict"] for row in look2]
-    assert (published / "look1.done").exists() and (published / "look2.done").exists()
+    assert sorted(p.name for p in published.glob("look*.done")) == ["look1-d2.done", "look2-d2.done"]
     for name in ("report.md", "summary.csv", "gaps.csv", "calibration.csv", "looks.md", "log_px_gain_vs_latent_dim.png"):
         assert (published / name).is_file(), name
     assert "look 2" in (published / "looks.md").read_text()
@@ -115,7 +116,8 @@ def test_answer_runs_both_looks_measures_every_run_publishes_and_rerun_skips(tmp
     again = answer(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert mtimes(runs, "summary.json") == trained and mtimes(runs, "gaps.json") == gaps
-    assert "measured already" in again.stdout
+    assert "answer: look 1 at latent_dim 2 is done" in again.stdout
+    assert "answer: look 2 at latent_dim 2 is done" in again.stdout
 
 
 def test_a_block_whose_minutes_are_spent_checkpoints_its_runs_and_exits_75(tmp_path):
@@ -124,7 +126,7 @@ def test_a_block_whose_minutes_are_spent_checkpoints_its_runs_and_exits_75(tmp_p
     assert "this block's 0.3 minutes are spent; run the same command again to continue" in result.stdout
     runs = tmp_path / "answer" / "runs"
     assert list(runs.glob("*/checkpoint.pt")) and not list(runs.glob("*/summary.json"))
-    assert not (tmp_path / "answer" / "look1.done").exists()
+    assert not list((tmp_path / "answer").glob("look*.done"))
     # the sweep's joblib workers outlive its launcher: none is left working on (or starting) another run
     assert processes_in(tmp_path) == []
 
@@ -158,12 +160,25 @@ def test_bad_minutes_are_one_line_and_exit_2(tmp_path, minutes):
     assert not (tmp_path / "answer").exists()
 
 
-def test_a_look_whose_runs_failed_is_not_done_and_the_block_exits_1(tmp_path):
-    """A look is reported (look1.done) only once all its runs have finished: here every sweep is refused."""
-    result = answer(tmp_path, [*OVERRIDES, "train.lr=-1"])
+def test_a_look_reports_each_latent_size_it_reaches_and_a_failed_run_keeps_its_size_open(tmp_path):
+    """Look 1 at latent_dim 2 then 4, where the registry (a stand-in PYTHON) gives diag and cholesky at 2 and, at 4,
+    a family that does not exist: look 1 reaches 2 and publishes its verdicts; 4's refused sweep keeps it open."""
+    python = tmp_path / "python"
+    python.write_text(f"""#!/bin/bash
+case "$*" in
+    "-m vae_compare.posteriors answer 2") printf "latent_dim=2 family=diag\\nlatent_dim=2 family=cholesky\\n" ;;
+    "-m vae_compare.posteriors answer 4") echo "latent_dim=4 family=nosuch" ;;
+    *) exec {sys.executable} "$@" ;;
+esac
+""")
+    python.chmod(0o755)
+    result = answer(tmp_path, ANSWER_DIMS="2,4", PYTHON=str(python))
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "answer: look 1 has a failed run" in result.stderr
-    assert "train.lr must be a number > 0" in result.stderr
+    assert "answer: look 1 at latent_dim 4 has a failed run" in result.stderr
     published = tmp_path / "answer"
-    assert not (published / "look1.done").exists() and not (published / "look1").exists()
-    assert not list((published / "runs").glob("*/summary.json"))
+    assert sorted(p.name for p in published.glob("look*.done")) == ["look1-d2.done"]
+    look1 = list(csv.DictReader((published / "look1" / "verdict.csv").open()))
+    assert [(row["latent_dim"], row["variant"], row["alpha"]) for row in look1] == [("2", "cholesky", "0.005")]
+    merged = list(csv.DictReader((published / "verdict.csv").open()))
+    assert [(row["latent_dim"], row["look"]) for row in merged] == [("2", "1")]
+    assert not (published / "look2").exists()

@@ -382,5 +382,12 @@ def test_alpha_sets_the_level_of_a_looks_intervals_and_tost(sweep):
     first = build_report(root, root / "report_look", console=Console(file=io.StringIO(), width=200), paired=True,
                          seeds={0, 1})
     assert group(first, 8, "diag")["n"] == 2 and group(first, 8, "cholesky")["gain"] == pytest.approx(1.5)
-    with pytest.raises(UserError, match="at seeds \\[9\\]"):
+    with pytest.raises(UserError, match="at seed \\[9\\]"):
         main([str(root), "--seeds", "9", "--out", str(root / "report_none")])
+    # and the latent sizes it has reached (report --latent-dims)
+    reached = build_report(root, root / "report_d8", console=Console(file=io.StringIO(), width=200), paired=True,
+                           seeds={0, 1}, latent_dims={8})
+    assert {g["latent_dim"] for g in reached["groups"]} == {8} and group(reached, 8, "cholesky")["gain"] == pytest.approx(1.5)
+    assert {row["latent_dim"] for row in export.read_csv(root / "report_d8" / "verdict.csv")} == {"8"}
+    with pytest.raises(UserError, match="at seed \\[0\\] at latent_dim \\[32\\]"):
+        main([str(root), "--seeds", "0", "--latent-dims", "32", "--out", str(root / "report_none")])

@@ -35,14 +35,15 @@ from vae_compare.rundir import find_diverged, find_runs
 
 
 def build_report(folder: Path, out: Path | None = None, console=None, select=False, tuned=False, paired=False,
-                 delta=DEFAULT_DELTA, metric=COMPARISON_METRIC, alpha=ALPHA, seeds=None) -> dict:
+                 delta=DEFAULT_DELTA, metric=COMPARISON_METRIC, alpha=ALPHA, seeds=None, latent_dims=None) -> dict:
     """Summarize every finished run below folder into out (default: folder); returns the numbers. With
     select, only choose each family's setting by validation ELBO (selected.csv, selection.md). With tuned,
     compare each family at its own setting (label_runs). paired: the per-seed paired analysis instead of the
     two-way model; delta: the equivalence margin in nats; metric: what the gains compare (METRIC_NAMES: test
     ELBO for runs that share a frozen decoder, whose log p(x) is the decoder's and the same for every family);
     alpha: the family-wise error rate of each cell's intervals and the level of each TOST (a sequential design's
-    share at one look); seeds: only the runs of these seeds (a sequential design's look), None: every run."""
+    share at one look); seeds and latent_dims: only the runs of these seeds and latent sizes (a sequential design's
+    look, which each latent size reaches when its runs have finished), None: every run."""
     if not 0 < delta < math.inf:
         raise UserError(f"--delta must be a positive number of nats, not {delta}")
     if not 0 < alpha < 0.5:
@@ -53,11 +54,12 @@ def build_report(folder: Path, out: Path | None = None, console=None, select=Fal
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")
     runs, unfinished = find_runs(folder)
-    if seeds is not None:
-        runs = [run for run in runs if run["seed"] in seeds]
+    only = {key: values for key, values in (("seed", seeds), ("latent_dim", latent_dims)) if values is not None}
+    runs = [run for run in runs if all(run[key] in values for key, values in only.items())]
     diverged = find_diverged(folder)
     if not runs:
-        raise UserError(f"no finished runs below {folder}" + (f" at seeds {sorted(seeds)}" if seeds is not None else "")
+        raise UserError(f"no finished runs below {folder}"
+                        + "".join(f" at {key} {sorted(values)}" for key, values in only.items())
                         + " (a finished run has summary.json with status complete)"
                         + (f"; {unfinished} unfinished" if unfinished else ""))
     out = folder if out is None else Path(out).expanduser()
@@ -137,16 +139,18 @@ def main(args: list[str]) -> None:
     parser.add_argument("--alpha", type=float, default=ALPHA,
                         help=f"family-wise error rate of each latent size's intervals, and the level of each TOST "
                              f"(default {ALPHA:g}; a sequential design's share at one look)")
-    parser.add_argument("--seeds", type=seed_list, metavar="S,S,...",
+    parser.add_argument("--seeds", type=number_list, metavar="S,S,...",
                         help="only the runs of these seeds (one look of a sequential design); default: every run")
+    parser.add_argument("--latent-dims", type=number_list, metavar="D,D,...",
+                        help="only the runs of these latent sizes (the sizes a look has reached); default: every run")
     options = parser.parse_args(args)
     build_report(options.folder, options.out, select=options.select, tuned=options.tuned, paired=options.paired,
                  delta=options.delta, metric=options.metric, alpha=options.alpha,
-                 seeds=options.seeds)
+                 seeds=options.seeds, latent_dims=options.latent_dims)
 
 
-def seed_list(text):
+def number_list(text):
     try:
-        return {int(seed) for seed in text.split(",")}
+        return {int(number) for number in text.split(",")}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds are whole numbers separated by commas, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"whole numbers separated by commas, not {text!r}") from None

@@ -4,16 +4,18 @@
 # When the minutes are spent the runs in training write a checkpoint and stop (exit 75); the same command, on
 # this machine or on another one with the committed results and the runs folder, continues where it stopped.
 #
-# The queue (experiment=answer: every run trained to convergence by the rule docs/convergence.md measured):
-#  1. look 1: every family's answer runs (the registry's, vae_compare/posteriors) at ANSWER_DIMS, seeds
-#     LOOK1_SEEDS, into ANSWER_DIR, each sweep followed by its runs' gaps on the first GAPS_IMAGES test images
-#     and the calibration of its seed-0 run (while the run's weights are on this machine). Once every run at a
-#     latent size has finished, look 1 has reached it: the report of look 1 at alpha LOOK1_ALPHA, at the sizes
-#     it has reached, goes into PUBLISH_DIR/look1.
-#  2. look 2: at each latent size where a comparison is still open (inconclusive) at look 1, every run again at
-#     seeds LOOK2_SEEDS; the report of all seeds at alpha LOOK2_ALPHA into PUBLISH_DIR/look2. The looks spend
-#     LOOK1_ALPHA + LOOK2_ALPHA = 0.05 in all (Bonferroni); a comparison decided at look 1 keeps that verdict.
-#  3. LATER_DIMS (latent_dim 2, whose smallest supported margin is reported, not decided) at LOOK1_SEEDS, in look 1.
+# The queue (experiment=answer: every run trained to convergence by the rule docs/convergence.md measured), one
+# latent size of ANSWER_DIMS after the other:
+#  1. look 1: every family's answer runs (the registry's, vae_compare/posteriors) at seeds LOOK1_SEEDS, into
+#     ANSWER_DIR, each sweep followed by its runs' gaps on the first GAPS_IMAGES test images and the calibration of
+#     its seed-0 run (while the run's weights are on this machine). Once every run at the size has finished, look 1
+#     has reached it: the report of look 1 at alpha LOOK1_ALPHA, at the sizes it has reached, goes into
+#     PUBLISH_DIR/look1.
+#  2. look 2, where a comparison is still open (inconclusive) at look 1: the runs of the open variants and diag's
+#     again at seeds LOOK2_SEEDS (scripts/looks.py --open); the report of all seeds at alpha LOOK2_ALPHA into
+#     PUBLISH_DIR/look2. The looks spend LOOK1_ALPHA + LOOK2_ALPHA = 0.05 in all (Bonferroni); a comparison
+#     decided at look 1 keeps that verdict, so its variant gets no more seeds.
+# Then LATER_DIMS (latent_dim 2, whose smallest supported margin is reported, not decided) at LOOK1_SEEDS, in look 1.
 # Each latent size has its own family-wise alpha, so a look's verdicts at one size stand whatever the runs at the
 # others. A look is reported at a latent size once all its runs there have finished (PUBLISH_DIR/look<n>-d<size>.done);
 # until look 1 has reached a size, the finished runs are reported, without verdicts that count, into
@@ -111,20 +113,25 @@ finish() {
     exit "$1"
 }
 
-# Every answer run at latent sizes $1 (one size after the other) and seeds $2, each sweep then measured. Fails when a
-# run failed (its failed.txt stays until a later call runs it again), so that a look is only done once all its
-# runs have finished.
+# The sweeps (one line of overrides each) of look $1 at latent size $2: every family's answer runs at look 1; at
+# look 2 those of the comparisons look 1 left open there, and diag's (none when it decided them all).
+sweeps_of() {
+    if [ "$1" = 1 ]; then
+        "$PYTHON" -m vae_compare.posteriors answer "$2"
+    else
+        "$PYTHON" "$HERE/looks.py" --open "$PUBLISH_DIR" "$2"
+    fi
+}
+# Sweeps $1 (lines) at seeds $2, each sweep then measured. Fails when a run failed (its failed.txt stays until a
+# later call runs it again), so that a look is only done once all its runs have finished.
 runs() {
     local sweeps failed=0
-    for dim in ${1//,/ }; do
-        sweeps=$("$PYTHON" -m vae_compare.posteriors answer "$dim") || exit 2
-        mapfile -t sweeps <<< "$sweeps"
-        for sweep in "${sweeps[@]}"; do
-            # shellcheck disable=SC2086  # the overrides are words
-            step "$VAE_COMPARE" train -m $sweep experiment=answer "seed=$2" "${LAUNCH[@]}" "hydra.sweep.dir=$ANSWER_DIR" \
-                "${EXTRA[@]}" || { status=1; failed=1; }
-            measure
-        done
+    mapfile -t sweeps <<< "$1"
+    for sweep in "${sweeps[@]}"; do
+        # shellcheck disable=SC2086  # the overrides are words
+        step "$VAE_COMPARE" train -m $sweep experiment=answer "seed=$2" "${LAUNCH[@]}" "hydra.sweep.dir=$ANSWER_DIR" \
+            "${EXTRA[@]}" || { status=1; failed=1; }
+        measure
     done
     return $failed
 }
@@ -141,26 +148,31 @@ measure() {  # the gaps of every finished run (measured ones are skipped), then 
     done
 }
 
-# Look $1 (its runs at seeds $3) at latent sizes $2, one size after the other: each size it reaches is reported.
+# Look $1 at latent size $2 (its runs at seeds $3), reported once it has reached the size.
 look() {
-    for dim in ${2//,/ }; do
-        if [ -f "$PUBLISH_DIR/look$1-d$dim.done" ]; then
-            echo "answer: look $1 at latent_dim $dim is done"
-            continue
-        fi
-        runs "$dim" "$3" || { echo "answer: look $1 at latent_dim $dim has a failed run (failed.txt in $ANSWER_DIR)" >&2
-                              finish 1; }
-        touch "$PUBLISH_DIR/look$1-d$dim.done"
-        publish_look "$1" || status=1
-    done
+    if [ -f "$PUBLISH_DIR/look$1-d$2.done" ]; then
+        echo "answer: look $1 at latent_dim $2 is done"
+        return
+    fi
+    local sweeps
+    sweeps=$(sweeps_of "$1" "$2") || finish 2
+    if [ -z "$sweeps" ]; then
+        echo "answer: look 1 decided every comparison at latent_dim $2"
+        return
+    fi
+    runs "$sweeps" "$3" || { echo "answer: look $1 at latent_dim $2 has a failed run (failed.txt in $ANSWER_DIR)" >&2
+                             finish 1; }
+    touch "$PUBLISH_DIR/look$1-d$2.done"
+    publish_look "$1" || status=1
 }
 
 mkdir -p "$PUBLISH_DIR"
-look 1 "$DIMS" "${LOOK_SEEDS[1]}"
-# the latent sizes of ANSWER_DIMS where a comparison is still open
-open=$("$PYTHON" -c 'import csv, sys; print(",".join(sorted({r["latent_dim"] for r in csv.DictReader(open(sys.argv[1]))
-    if r["verdict"] == "inconclusive" and r["latent_dim"] in sys.argv[2].split(",")}, key=int)))' \
-    "$PUBLISH_DIR/look1/verdict.csv" "$DIMS")
-[ -n "$open" ] && look 2 "$open" "${LOOK2_SEEDS:-4,5,6,7}"
-[ -n "${LATER_DIMS-2}" ] && look 1 "${LATER_DIMS-2}" "${LOOK_SEEDS[1]}"
+for dim in ${DIMS//,/ }; do
+    look 1 "$dim" "${LOOK_SEEDS[1]}"
+    look 2 "$dim" "${LOOK2_SEEDS:-4,5,6,7}"
+done
+later=${LATER_DIMS-2}
+for dim in ${later//,/ }; do
+    look 1 "$dim" "${LOOK_SEEDS[1]}"
+done
 finish "$status"

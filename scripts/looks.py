@@ -5,7 +5,12 @@ decided at look 1 (better, worse or equivalent) keeps that verdict; one still op
 look 2 has run at its latent size. Writes PUBLISH_DIR/verdict.csv (the verdict.csv columns and `look`, the look
 whose verdict it is) and PUBLISH_DIR/looks.md, and copies the latest look's report files beside them.
 
-Usage: python scripts/looks.py PUBLISH_DIR
+With --open it prints, instead, look 2's sweeps at latent size DIM (scripts/answer.sh runs them): the answer runs
+(vae_compare.posteriors) of the variants look 1 left inconclusive there, and diag's, which they are compared with;
+nothing when look 1 decided every comparison there. A decided comparison keeps look 1's verdict, so its variant
+needs no more seeds (a multi-arm design drops an arm that has stopped; each look's alpha stays as it was).
+
+Usage: python scripts/looks.py PUBLISH_DIR | python scripts/looks.py --open PUBLISH_DIR DIM
 """
 
 import csv
@@ -13,7 +18,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from vae_compare.config import compose
+from vae_compare.labels import run_label
+from vae_compare.posteriors import FAMILIES
+from vae_compare.posteriors.study import answer_sweeps
+
 REPORT_FILES = ("report.md", "summary.csv", "gaps.csv", "calibration.csv")
+BASELINE = "diag"
 
 
 def read(path):
@@ -63,7 +74,25 @@ def main(publish):
     print("\n".join(lines))
 
 
+def open_sweeps(publish, dim):
+    """Look 2's sweeps at latent size dim (strings), each a list of Hydra overrides, in the registry's order."""
+    open_variants = {row["variant"] for row in read(publish / "look1" / "verdict.csv")
+                     if row["latent_dim"] == dim and row["verdict"] == "inconclusive"}
+    if not open_variants:
+        return []
+    labelled = [(run_label(compose(list(sweep) + ["experiment=answer"])), list(sweep))
+                for sweep in answer_sweeps(FAMILIES, [dim])]
+    unknown = open_variants - {label for label, _ in labelled}
+    if unknown:
+        raise SystemExit(f"error: look 1's open {', '.join(sorted(unknown))} at latent_dim {dim} is no answer run")
+    return [sweep for label, sweep in labelled if label in open_variants | {BASELINE}]
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit(__doc__.splitlines()[-1])
-    main(Path(sys.argv[1]))
+    if len(sys.argv) == 4 and sys.argv[1] == "--open":
+        for sweep in open_sweeps(Path(sys.argv[2]), sys.argv[3]):
+            print(" ".join(sweep))
+    elif len(sys.argv) == 2:
+        main(Path(sys.argv[1]))
+    else:
+        raise SystemExit("usage: " + __doc__.splitlines()[-1].split(": ", 1)[1])

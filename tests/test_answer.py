@@ -160,13 +160,15 @@ def test_bad_minutes_are_one_line_and_exit_2(tmp_path, minutes):
     assert not (tmp_path / "answer").exists()
 
 
-def test_a_look_reports_each_latent_size_it_reaches_and_a_failed_run_keeps_its_size_open(tmp_path):
-    """Look 1 at latent_dim 2 then 4, where the registry (a stand-in PYTHON) gives diag and cholesky at 2 and, at 4,
-    a family that does not exist: look 1 reaches 2 and publishes its verdicts; 4's refused sweep keeps it open."""
+def test_each_latent_size_finishes_its_looks_before_the_next_and_a_failed_run_keeps_its_size_open(tmp_path):
+    """Latent_dim 2 then 4, where the registry (a stand-in PYTHON) gives diag and cholesky at 2, at both looks, and, at
+    4, a family that does not exist: look 1 reaches 2 and leaves it open (one seed), look 2 reaches it, then 4's
+    refused sweep keeps look 1 open there."""
     python = tmp_path / "python"
     python.write_text(f"""#!/bin/bash
 case "$*" in
-    "-m vae_compare.posteriors answer 2") printf "latent_dim=2 family=diag\\nlatent_dim=2 family=cholesky\\n" ;;
+    "-m vae_compare.posteriors answer 2" | *"looks.py --open "*" 2")
+        printf "latent_dim=2 family=diag\\nlatent_dim=2 family=cholesky\\n" ;;
     "-m vae_compare.posteriors answer 4") echo "latent_dim=4 family=nosuch" ;;
     *) exec {sys.executable} "$@" ;;
 esac
@@ -176,9 +178,10 @@ esac
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert "answer: look 1 at latent_dim 4 has a failed run" in result.stderr
     published = tmp_path / "answer"
-    assert sorted(p.name for p in published.glob("look*.done")) == ["look1-d2.done"]
-    look1 = list(csv.DictReader((published / "look1" / "verdict.csv").open()))
-    assert [(row["latent_dim"], row["variant"], row["alpha"]) for row in look1] == [("2", "cholesky", "0.005")]
+    assert sorted(p.name for p in published.glob("look*.done")) == ["look1-d2.done", "look2-d2.done"]
+    for look, alpha in ((1, "0.005"), (2, "0.045")):
+        rows = list(csv.DictReader((published / f"look{look}" / "verdict.csv").open()))
+        assert [(row["latent_dim"], row["variant"], row["alpha"]) for row in rows] == [("2", "cholesky", alpha)]
     merged = list(csv.DictReader((published / "verdict.csv").open()))
-    assert [(row["latent_dim"], row["look"]) for row in merged] == [("2", "1")]
-    assert not (published / "look2").exists()
+    assert [(row["latent_dim"], row["look"]) for row in merged] == [("2", "2")]
+    assert not list((published / "runs").glob("*latent_dim=4*"))

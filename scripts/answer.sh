@@ -18,8 +18,8 @@
 # Then LATER_DIMS (latent_dim 2, whose smallest supported margin is reported, not decided) at LOOK1_SEEDS, in look 1.
 # Each latent size has its own family-wise alpha, so a look's verdicts at one size stand whatever the runs at the
 # others. A look is reported at a latent size once all its runs there have finished (PUBLISH_DIR/look<n>-d<size>.done);
-# until look 1 has reached a size, the finished runs are reported, without verdicts that count, into
-# PUBLISH_DIR/interim. scripts/looks.py merges the looks into PUBLISH_DIR/verdict.csv (each comparison's verdict
+# until look 1 has reached a size, its finished runs are reported as look 1 would, without verdicts that count,
+# into PUBLISH_DIR/interim. scripts/looks.py merges the looks into PUBLISH_DIR/verdict.csv (each comparison's verdict
 # from the look that decided it) and copies the latest look's report beside it.
 #
 # Usage: scripts/answer.sh [extra overrides]
@@ -99,15 +99,33 @@ publish_look() {
     "$VAE_COMPARE" report "$ANSWER_DIR" --tuned --seeds "${LOOK_SEEDS[$1]}" --latent-dims "$(reached "$1")" \
         --alpha "${LOOK_ALPHA[$1]}" --out "$PUBLISH_DIR/look$1" > "$PUBLISH_DIR/look$1.log" 2>&1
 }
-# Report each look at the sizes it has reached, merge their verdicts, and end the block.
+# The latent sizes of the finished runs that look 1 has not reached, comma-separated (empty: none).
+unreached() {
+    local sizes=() config dim reached_sizes=",$(reached 1),"
+    for config in "$ANSWER_DIR"/*/.hydra/config.yaml; do
+        [ -f "$(dirname "$(dirname "$config")")/summary.json" ] || continue
+        dim=$(sed -n 's/^latent_dim: //p' "$config")
+        [[ $reached_sizes == *",$dim,"* || " ${sizes[*]} " == *" $dim "* ]] || sizes+=("$dim")
+    done
+    (IFS=,; echo "${sizes[*]}")
+}
+# Report each look at the sizes it has reached and merge their verdicts; report the finished runs at the sizes
+# look 1 has not reached as look 1 would (PUBLISH_DIR/interim: its verdicts do not count, the look is not
+# complete); end the block.
 finish() {
     if [ -n "$(reached 1)" ]; then
         for look in 1 2; do
             [ -n "$(reached "$look")" ] && { publish_look "$look" || status=1; }
         done
         "$PYTHON" "$HERE/looks.py" "$PUBLISH_DIR" > /dev/null || status=1
-    elif compgen -G "$ANSWER_DIR/*/summary.json" > /dev/null; then
-        "$VAE_COMPARE" report "$ANSWER_DIR" --tuned --out "$PUBLISH_DIR/interim" > "$PUBLISH_DIR/interim.log" 2>&1
+    fi
+    local sizes
+    sizes=$(unreached)
+    if [ -n "$sizes" ]; then
+        "$VAE_COMPARE" report "$ANSWER_DIR" --tuned --seeds "${LOOK_SEEDS[1]}" --latent-dims "$sizes" \
+            --alpha "${LOOK_ALPHA[1]}" --out "$PUBLISH_DIR/interim" > "$PUBLISH_DIR/interim.log" 2>&1 || status=1
+    else
+        rm -rf "$PUBLISH_DIR/interim"
     fi
     [ "$1" = 75 ] && echo "answer: this block's $MINUTES minutes are spent; run the same command again to continue"
     exit "$1"

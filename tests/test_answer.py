@@ -162,14 +162,14 @@ def test_bad_minutes_are_one_line_and_exit_2(tmp_path, minutes):
 
 def test_each_latent_size_finishes_its_looks_before_the_next_and_a_failed_run_keeps_its_size_open(tmp_path):
     """Latent_dim 2 then 4, where the registry (a stand-in PYTHON) gives diag and cholesky at 2, at both looks, and, at
-    4, a family that does not exist: look 1 reaches 2 and leaves it open (one seed), look 2 reaches it, then 4's
-    refused sweep keeps look 1 open there."""
+    4, diag and a family that does not exist: look 1 reaches 2 and leaves it open (one seed), look 2 reaches it,
+    then 4's refused sweep keeps look 1 open there, and 4's finished run is reported as interim."""
     python = tmp_path / "python"
     python.write_text(f"""#!/bin/bash
 case "$*" in
     "-m vae_compare.posteriors answer 2" | *"looks.py --open "*" 2")
         printf "latent_dim=2 family=diag\\nlatent_dim=2 family=cholesky\\n" ;;
-    "-m vae_compare.posteriors answer 4") echo "latent_dim=4 family=nosuch" ;;
+    "-m vae_compare.posteriors answer 4") printf "latent_dim=4 family=diag\\nlatent_dim=4 family=nosuch\\n" ;;
     *) exec {sys.executable} "$@" ;;
 esac
 """)
@@ -184,4 +184,5 @@ esac
         assert [(row["latent_dim"], row["variant"], row["alpha"]) for row in rows] == [("2", "cholesky", alpha)]
     merged = list(csv.DictReader((published / "verdict.csv").open()))
     assert [(row["latent_dim"], row["look"]) for row in merged] == [("2", "2")]
-    assert not list((published / "runs").glob("*latent_dim=4*"))
+    interim = list(csv.DictReader((published / "interim" / "summary.csv").open()))
+    assert [(row["latent_dim"], row["variant"]) for row in interim] == [("4", "diag")]
